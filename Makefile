@@ -1,0 +1,26 @@
+# twostream: the two quick-start commands are `make demo` and `make test`; each sets itself up on a fresh machine
+# (Python 3.11, pip, gcc): a virtual environment in .venv, the package with its extras, then the job.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.twostream-installed
+# An optional prebuilt detectron2 wheel (see ../shared/wheels/README.md); detectron2 is not on PyPI.
+D2_WHEEL := $(firstword $(wildcard ../shared/wheels/detectron2-*.whl))
+
+.PHONY: setup test lint demo clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+
+# The test suite (CI runs exactly this through .ci/run).
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,514 @@
+"""Typed experiment configuration.
+
+Every experiment is one :class:`Config`: plain dataclasses whose defaults are documented beside each field. A YAML
+file only overrides values; it may name one ``_base_`` file (relative to itself) whose values it extends, and the base
+may not have a base of its own (one level of inheritance keeps every value findable in two files at most).
+Command-line overrides use dotted keys (``train.epochs=3 model.gnn.type=sage``) with YAML values.
+
+Unknown keys, wrong types and bad choices raise :class:`ConfigError` before anything runs, with one line naming the
+key, the file it came from and what is allowed::
+
+    >>> cfg = load_config("configs/swin_gat.yaml", ["train.epochs=3"])
+    >>> cfg.train.epochs
+    3
+    >>> load_config("configs/swin_gat.yaml", ["model.gnn.type=gin"])
+    Traceback (most recent call last):
+    ConfigError: --opts: model.gnn.type: 'gin' is not allowed; choose one of: gcn, sage, gat, gatv2
+
+The resolved config is written beside every run's outputs by :func:`save_config` and loads back to an equal object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "AugmentConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "FusionConfig",
+    "GNNConfig",
+    "GraphConfig",
+    "ImageEncoderConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "SceneVocabConfig",
+    "SegmenterConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+    "section_hash",
+]
+
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or not allowed. The message is one line."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SceneVocabConfig:
+    """Which scene categories are classes. ADE20K has ~1,000 long-tailed scene names; pick a head of them."""
+
+    mode: Literal["top_n", "min_count", "list", "all"] = "top_n"
+    top_n: int = 10  # mode top_n: the N most frequent scenes of the training split
+    min_count: int = 100  # mode min_count: scenes with at least this many training images
+    names: list[str] = field(default_factory=list)  # mode list: exactly these scenes, in this order
+    unlisted: Literal["drop", "other"] = "drop"  # images of other scenes: dropped, or mapped to a class 'other'
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time joint image + mask augmentation (validation only resizes)."""
+
+    hflip: float = 0.5  # probability of a horizontal flip
+    scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop area range; (1.0, 1.0) disables cropping
+    ratio: tuple[float, float] = (0.75, 1.3333)  # RandomResizedCrop aspect-ratio range
+    color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 disables
+
+
+@dataclass
+class DataConfig:
+    """Where the ADEChallengeData2016-layout dataset lives and how items are prepared."""
+
+    root: str = "datasets/ADEChallengeData2016"  # folder holding images/, annotations/, sceneCategories.txt
+    train_split: str = "training"
+    val_split: str = "validation"
+    image_size: tuple[int, int] = (224, 224)  # (H, W) the model sees; both divisible by 32 for the segmenter
+    scenes: SceneVocabConfig = field(default_factory=SceneVocabConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Models take images in [0, 1] and normalise with their own mean/std (that metadata travels with the weights),
+    # so the data pipeline does not normalise unless told to.
+    normalize: bool = False
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    skip_bad: bool = True  # skip (and log, and count) unreadable or inconsistent items instead of failing
+    max_items: int = 0  # use only the first N items of each split (0 = all); for smoke runs
+    num_workers: int = 2
+
+
+@dataclass
+class GraphConfig:
+    """How a semantic map becomes a scene graph, and where the graphs of a dataset come from."""
+
+    granularity: Literal["class", "region"] = "class"  # one node per present class, or per connected region
+    connectivity: Literal[4, 8] = 4  # pixel neighbourhood for 'touching' and for connected regions
+    tolerance: int = 0  # nodes also touch when their pixels are within this many pixels (0 = strict adjacency)
+    min_area: int = 16  # region granularity: regions with fewer pixels are dropped
+    ignore_label0: bool = True  # label 0 ('other', unlabelled) makes no node
+    # gt: graphs from annotations (an oracle upper bound); pred: graphs cached from a trained segmenter's predictions
+    # (tools/build_graphs.py); online: the segmenter runs inside the model every step (needed for shared_backbone).
+    source: Literal["gt", "pred", "online"] = "pred"
+    cache_dir: str = ""  # where cached graphs live; "" = <data.root>/graphs/<source>-<settings hash>
+    pool_features: bool = False  # online only: node features pooled from the segmenter's feature map
+
+
+@dataclass
+class SegmenterConfig:
+    """The segmentation stream: UPSNet, or a published model through an adapter."""
+
+    kind: Literal["upsnet", "hf", "detectron2", "none"] = "upsnet"
+    backbone: str = "resnet50"  # timm name: resnet*, swin_*, vit_* (upsnet)
+    pretrained: bool = False  # timm's own ImageNet weights for the backbone (downloads on first use)
+    pretrained_path: str = ""  # or a local backbone weights file
+    fpn_channels: int = 256
+    head_channels: int = 128  # UPSNet semantic head width per pyramid level
+    deformable: bool = True  # deformable (modulated) convolutions in the semantic head, as in UPSNet
+    instance_head: bool = False  # Mask R-CNN instance head (needs instance annotations)
+    panoptic_head: bool = False  # UPSNet's parameter-free panoptic head (needs the instance head)
+    checkpoint: str = ""  # trained segmenter weights (output of the segmentation stage)
+    trainable: bool = False  # train the segmenter inside the classifier stage (default: frozen)
+    hf_model: str = ""  # kind hf: hub name or local folder, e.g. nvidia/segformer-b0-finetuned-ade-512-512
+    d2_config: str = ""  # kind detectron2: model-zoo name or config file
+    d2_weights: str = ""  # kind detectron2: weights path or URL
+
+
+@dataclass
+class ImageEncoderConfig:
+    """The image stream: a timm classifier used as a feature extractor."""
+
+    enabled: bool = True
+    name: str = "swin_tiny_patch4_window7_224"  # any timm model name
+    pretrained: bool = False
+    pretrained_path: str = ""
+    drop_path_rate: float = 0.1
+
+
+@dataclass
+class GNNConfig:
+    """The graph stream's encoder (torch-geometric)."""
+
+    enabled: bool = True
+    type: Literal["gcn", "sage", "gat", "gatv2"] = "gat"
+    hidden_dim: int = 256
+    num_layers: int = 3
+    heads: int = 4  # attention heads (gat, gatv2)
+    dropout: float = 0.1
+    residual: bool = True
+    norm: Literal["none", "batch", "layer", "graph"] = "layer"
+    readout: Literal["mean", "max", "sum", "attention"] = "attention"
+    use_edge_attr: bool = True  # where the layer supports edge attributes (gat, gatv2)
+    class_embed_dim: int = 64  # learned embedding of the node's class id
+
+
+@dataclass
+class FusionConfig:
+    """How the two streams' features become scene logits."""
+
+    type: Literal["concat", "sum", "gated", "cross_attention", "bilinear", "none"] = "concat"
+    dim: int = 512  # fused feature width
+    dropout: float = 0.1
+    heads: int = 4  # cross_attention heads
+    rank: int = 64  # bilinear: rank of the low-rank factorisation
+
+
+@dataclass
+class ModelConfig:
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    gnn: GNNConfig = field(default_factory=GNNConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    shared_backbone: bool = False  # the segmenter's backbone also serves the image stream: one forward pass
+
+
+@dataclass
+class TrainConfig:
+    stage: Literal["classifier", "segmentation"] = "classifier"
+    epochs: int = 30
+    batch_size: int = 16  # per process; the global batch is batch_size * world_size * accumulate
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_steps: int = 500  # linear warmup, in optimizer steps
+    min_lr_ratio: float = 0.01  # final lr as a fraction of lr (cosine, poly)
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    accumulate: int = 1  # gradient accumulation steps per optimizer step
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp16 on others, off on CPU
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = False
+    label_smoothing: float = 0.0
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch end)
+    keep_last: int = 3  # step/epoch checkpoints kept besides best and last
+    log_every: int = 20  # steps between TensorBoard scalars
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    every_epochs: int = 1
+    topk: int = 5
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/default"  # the run folder: resolved config, checkpoints, logs, vocabulary
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    """A whole experiment. ``load_config`` builds one from YAML; ``Config()`` holds every default."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"a list ({getattr(tp, '__name__', str(tp))})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form (tuples for tuples)."""
+
+    def fail(why: str) -> ConfigError:
+        return ConfigError(f"{source}: {key}: {why}")
+
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                pass
+        raise fail(f"{value!r} does not fit {tp}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed and type(value) in {type(a) for a in allowed}:
+            return value
+        raise fail(f"{value!r} is not allowed; choose one of: {', '.join(str(a) for a in allowed)}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise fail(f"expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise fail(f"expected a list of {len(args)} values, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise fail(f"expected a list of {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise fail(f"expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}; got {value!r}")
+        return _build(tp, value, key, source)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # PyYAML reads 1e-4 (no dot) as a string; accept scientific notation
+        raise fail(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail(f"expected a string, got {value!r}")
+    raise TypeError(f"config annotation {tp!r} at {key} is not supported")  # a bug in this file, not user input
+
+
+def _unknown_key_error(cls: type, name: str, prefix: str, source: str) -> ConfigError:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    where = prefix or "the top level"
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    full = f"{prefix}.{name}" if prefix else name
+    return ConfigError(f"{source}: unknown key '{full}'{hint}; valid keys in {where}: {', '.join(valid)}")
+
+
+def _build(cls: type, raw: dict, prefix: str, source: str, base: Any = None) -> Any:
+    """Build dataclass ``cls`` from ``raw`` on top of ``base`` (an instance, or the defaults), validating each key."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    obj = base if base is not None else cls()
+    values = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or name not in names:
+            raise _unknown_key_error(cls, str(name), prefix, source)
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                fields_ = ", ".join(f.name for f in dataclasses.fields(tp))
+                raise ConfigError(f"{source}: {key}: expected a mapping with keys {fields_}; got {value!r}")
+            values[name] = _build(tp, value, key, source, base=getattr(obj, name))
+        else:
+            values[name] = _coerce(value, tp, key, source)
+    return dataclasses.replace(obj, **values)
+
+
+def _check_consistency(cfg: Config, source: str) -> None:
+    """Rules that span several keys. Raise one line naming the keys and the way out."""
+    m = cfg.model
+    image_on, graph_on = m.image_encoder.enabled, m.gnn.enabled
+    if not image_on and not graph_on:
+        raise ConfigError(f"{source}: model.image_encoder.enabled and model.gnn.enabled are both false; enable one")
+    if m.fusion.type == "none" and image_on and graph_on:
+        raise ConfigError(
+            f"{source}: model.fusion.type is 'none' but both streams are enabled; switch one off "
+            "(model.image_encoder.enabled=false or model.gnn.enabled=false) or pick a fusion method"
+        )
+    if m.fusion.type != "none" and not (image_on and graph_on):
+        off = "model.image_encoder" if not image_on else "model.gnn"
+        raise ConfigError(
+            f"{source}: model.fusion.type is '{m.fusion.type}' but {off} is disabled; "
+            "a single-stream model needs model.fusion.type=none"
+        )
+    if m.shared_backbone:
+        if m.segmenter.kind != "upsnet":
+            raise ConfigError(f"{source}: model.shared_backbone needs model.segmenter.kind=upsnet, "
+                              f"got '{m.segmenter.kind}'")
+        if cfg.graph.source != "online":
+            raise ConfigError(f"{source}: model.shared_backbone needs graph.source=online (the segmenter runs in "
+                              f"the model), got '{cfg.graph.source}'")
+    if graph_on and m.segmenter.kind == "none" and cfg.graph.source != "gt":
+        raise ConfigError(f"{source}: model.segmenter.kind is 'none' so graphs can only come from annotations; "
+                          f"set graph.source=gt (got '{cfg.graph.source}')")
+    if cfg.graph.pool_features and cfg.graph.source != "online":
+        raise ConfigError(f"{source}: graph.pool_features needs graph.source=online, got '{cfg.graph.source}'")
+    if m.segmenter.panoptic_head and not m.segmenter.instance_head:
+        raise ConfigError(f"{source}: model.segmenter.panoptic_head needs model.segmenter.instance_head=true")
+    for key, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
+                       ("train.accumulate", cfg.train.accumulate), ("eval.batch_size", cfg.eval.batch_size),
+                       ("model.gnn.num_layers", m.gnn.num_layers), ("model.gnn.hidden_dim", m.gnn.hidden_dim),
+                       ("model.fusion.dim", m.fusion.dim)):
+        if value < 1:
+            raise ConfigError(f"{source}: {key}: must be at least 1, got {value}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"{source}: train.lr: must be positive, got {cfg.train.lr}")
+    if any(s <= 0 for s in cfg.data.image_size):
+        raise ConfigError(f"{source}: data.image_size: both sides must be positive, got {cfg.data.image_size}")
+    if m.segmenter.kind == "upsnet" and graph_on and any(s % 32 for s in cfg.data.image_size):
+        raise ConfigError(f"{source}: data.image_size: {cfg.data.image_size} must be divisible by 32 for the "
+                          "UPSNet segmenter (its pyramid goes to stride 32)")
+    if m.gnn.type in ("gat", "gatv2") and m.gnn.hidden_dim % m.gnn.heads:
+        raise ConfigError(f"{source}: model.gnn.hidden_dim ({m.gnn.hidden_dim}) must be divisible by "
+                          f"model.gnn.heads ({m.gnn.heads})")
+    if m.fusion.type == "cross_attention" and m.fusion.dim % m.fusion.heads:
+        raise ConfigError(f"{source}: model.fusion.dim ({m.fusion.dim}) must be divisible by "
+                          f"model.fusion.heads ({m.fusion.heads})")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading, overriding, saving
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; the shipped configs are in configs/")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--opts: '{item}' is not of the form key=value (e.g. train.epochs=3)")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.split("."), value
+
+
+def _nest(parts: list[str], value: Any) -> dict:
+    out: Any = value
+    for part in reversed(parts):
+        out = {part: out}
+    return out
+
+
+def config_from_dict(raw: dict, source: str = "<dict>", base: Config | None = None) -> Config:
+    """Build and validate a :class:`Config` from a (possibly partial) nested dict."""
+    cfg = _build(Config, raw, "", source, base=base)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (with at most one ``_base_``), apply ``key=value`` overrides, and validate everything.
+
+    Args:
+        path: YAML file; ``None`` starts from the defaults.
+        overrides: dotted ``key=value`` strings; values are parsed as YAML (``3``, ``true``, ``[128, 128]``).
+
+    Raises:
+        ConfigError: one line naming the key, the file (or ``--opts``) and what is allowed.
+    """
+    cfg = Config()
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        raw = _read_yaml(path)
+        base_name = raw.pop("_base_", None)
+        if base_name is not None:
+            if not isinstance(base_name, str):
+                raise ConfigError(f"{path}: _base_ must be a file name, got {base_name!r}")
+            base_path = (path.parent / base_name).resolve()
+            base_raw = _read_yaml(base_path)
+            if "_base_" in base_raw:
+                raise ConfigError(
+                    f"{path}: its base {base_name} has a _base_ of its own; configs allow one level of inheritance: "
+                    f"base {path.name} on {base_raw['_base_']} directly or copy the values it needs"
+                )
+            cfg = config_from_dict(base_raw, str(base_path), base=cfg)
+        source = str(path)
+        cfg = config_from_dict(raw, source, base=cfg)
+    for item in overrides or []:
+        parts, value = _parse_override(item)
+        cfg = config_from_dict(_nest(parts, value), "--opts", base=cfg)
+    if overrides:
+        source = f"{source} + --opts"
+    _check_consistency(cfg, source)
+    return cfg
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A config (or one section) as plain nested dicts and lists, ready for YAML or JSON."""
+    return _plain(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the fully resolved config as YAML; :func:`load_config` reads it back to an equal object."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "# resolved twostream config: every value this run used\n"
+    text += yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def section_hash(section: Any, length: int = 10) -> str:
+    """A short stable hash of a config section (e.g. to key a cache on the settings that shaped it)."""
+    blob = json.dumps(config_to_dict(section), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
