@@ -1,0 +1,42 @@
+"""What every tool in tools/ shares: logging set-up and turning user mistakes into one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from twostream.logger import setup_logging
+
+__all__ = ["run_cli"]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from twostream.config import ConfigError
+    from twostream.engine.checkpoint import CheckpointError
+    from twostream.engine.trainer import TrainingError
+
+    errors: list[type[BaseException]] = [ConfigError, CheckpointError, TrainingError, FileNotFoundError]
+    try:
+        from twostream.data.errors import DataError
+
+        errors.append(DataError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def run_cli(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], int]) -> int:
+    """Parse arguments, set up logging, run ``main``; a known user error prints ``error: <one line>`` and returns 2."""
+    args = get_parser().parse_args()
+    setup_logging(getattr(args, "log_level", "INFO"))
+    try:
+        return main(args)
+    except _user_errors() as e:
+        logging.getLogger("twostream").debug("details", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

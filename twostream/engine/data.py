@@ -1,0 +1,141 @@
+"""Data loading for the engine: graphs attached to dataset items, samplers that resume mid-epoch, collation.
+
+Where graphs come from is ``cfg.graph.source``:
+  - ``gt``: built in the loader workers from each item's (augmented) annotation — an oracle upper bound;
+  - ``pred``: read from the cache ``tools/build_graphs.py`` wrote with a trained segmenter (built from the
+    un-augmented image: a crop or flip of the image does not change its cached graph);
+  - ``online``: not loaded at all; the model segments each batch and builds graphs itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from twostream.data.classes import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ResumableSampler", "ShardSampler", "WithGraphs", "collate"]
+
+
+class WithGraphs(Dataset):
+    """Adds ``item["graph"]`` (a ``torch_geometric.data.Data``) to every item of ``dataset``.
+
+    Args:
+        dataset: yields dicts with ``"sem_seg" (H, W)`` and ``"name"``.
+        builder: a ``SceneGraphBuilder``; used when ``cache`` is ``None`` (graphs from the item's annotation).
+        cache: a ``GraphCache``; graphs are looked up by the item's name.
+    """
+
+    def __init__(self, dataset: Dataset, builder=None, cache=None) -> None:
+        if (builder is None) == (cache is None):
+            raise ValueError("WithGraphs needs exactly one of builder (graphs from annotations) or cache")
+        self.dataset, self.builder, self.cache = dataset, builder, cache
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:  # vocabulary, skipped counts, ... of the wrapped dataset
+        if name in ("dataset", "builder", "cache"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> dict | None:
+        item = self.dataset[index]
+        if item is None:
+            return None
+        if self.cache is not None:
+            graph = self.cache.get(item["name"])
+        else:
+            labels = item["sem_seg"]
+            # Pixels without supervision (crop padding) belong to no object: count them as 'other'.
+            labels = torch.where(labels == IGNORE_INDEX, torch.zeros_like(labels), labels)
+            graph = self.builder(labels)
+        item["graph"] = graph.to_pyg()
+        return item
+
+
+def collate(items: Sequence[dict | None]) -> dict | None:
+    """Stack a list of dataset items; items that failed to load (``None``) are dropped (the dataset logged them).
+
+    Returns ``{"image": (B, 3, H, W), "sem_seg": (B, H, W), "scene": (B,), "name": list[str],
+    "graph": torch_geometric Batch}`` (keys present in the items only), or ``None`` if every item failed.
+    """
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if key == "graph":
+            from torch_geometric.data import Batch
+
+            out[key] = Batch.from_data_list(values)
+        elif isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], int | float):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (also for one process) that can skip the first ``start`` samples of this rank's epoch.
+
+    The order depends only on ``seed`` and the epoch, so a resumed run sees exactly the batches it had not seen.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.start:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+    def set_start(self, start: int) -> None:
+        self.start = max(0, min(start, self.num_samples))
+
+
+class ShardSampler(Sampler):
+    """Evaluation sampler: rank r takes items r, r + world, ...; no padding, so no item is counted twice."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        self.n, self.num_replicas, self.rank = len(dataset), num_replicas, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.num_replicas))
+
+    def __len__(self) -> int:
+        return max(0, math.ceil((self.n - self.rank) / self.num_replicas))
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    train_sampler: ResumableSampler
+
+
+def make_loaders(train_set: Dataset, val_set: Dataset, *, batch_size: int, eval_batch_size: int, num_workers: int,
+                 rank: int, world_size: int, seed: int) -> Loaders:
+    """Training loader (shuffled, resumable, sharded over ranks) and validation loader (sharded, in order)."""
+    sampler = ResumableSampler(train_set, num_replicas=world_size, rank=rank, seed=seed)
+    generator = torch.Generator().manual_seed(seed + rank)
+    common = {"num_workers": num_workers, "collate_fn": collate, "persistent_workers": False,
+              "pin_memory": torch.cuda.is_available()}
+    train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=False, generator=generator,
+                       **common)
+    val = DataLoader(val_set, batch_size=eval_batch_size, sampler=ShardSampler(val_set, world_size, rank), **common)
+    return Loaders(train=train, val=val, train_sampler=sampler)
