@@ -97,6 +97,9 @@ class DataConfig:
     train_split: str = "training"
     val_split: str = "validation"
     image_size: tuple[int, int] = (224, 224)  # (H, W) the model sees; both divisible by 32 for the segmenter
+    # Fit inside image_size keeping the aspect ratio and pad (mask padding = 255, unsupervised) instead of
+    # stretching: object shapes and the scene graph's geometry stay undistorted.
+    keep_ratio: bool = False
     scenes: SceneVocabConfig = field(default_factory=SceneVocabConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Models take images in [0, 1] and normalise with their own mean/std (that metadata travels with the weights),
