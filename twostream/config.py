@@ -136,6 +136,7 @@ class SegmenterConfig:
     backbone: str = "resnet50"  # timm name: resnet*, swin_*, vit_* (upsnet)
     pretrained: bool = False  # timm's own ImageNet weights for the backbone (downloads on first use)
     pretrained_path: str = ""  # or a local backbone weights file
+    drop_path_rate: float = 0.0  # backbone stochastic depth (upsnet); mmseg uses 0.3 for Swin-T, 0.1 for ViT-S
     fpn_channels: int = 256
     head_channels: int = 128  # UPSNet semantic head width per pyramid level
     deformable: bool = True  # deformable (modulated) convolutions in the semantic head, as in UPSNet
