@@ -382,6 +382,12 @@ def _check_consistency(cfg: Config, source: str) -> None:
                           f"set graph.source=gt (got '{cfg.graph.source}')")
     if cfg.graph.pool_features and cfg.graph.source != "online":
         raise ConfigError(f"{source}: graph.pool_features needs graph.source=online, got '{cfg.graph.source}'")
+    if cfg.train.stage == "classifier" and m.segmenter.trainable and graph_on and cfg.graph.source != "online":
+        raise ConfigError(f"{source}: model.segmenter.trainable needs graph.source=online in the classifier stage "
+                          f"(with '{cfg.graph.source}' graphs the segmenter never runs, so it cannot learn)")
+    if cfg.train.stage == "segmentation" and m.segmenter.kind not in ("upsnet", "hf"):
+        raise ConfigError(f"{source}: train.stage=segmentation trains model.segmenter.kind upsnet or hf, "
+                          f"got '{m.segmenter.kind}'")
     if m.segmenter.panoptic_head and not m.segmenter.instance_head:
         raise ConfigError(f"{source}: model.segmenter.panoptic_head needs model.segmenter.instance_head=true")
     for key, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
