@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +233,81 @@ def test_html_comparison_of_prediction_and_truth():
     assert page.count('<section class="view"') == 2 and page.count('<button type="button" data-tab=') == 3
     assert "classes precision / recall" in page
     assert page.count("data:image/png;base64,") == 3  # the photo once, one segmentation per view
+
+
+# ------------------------------------------------------------------------------------------- tools/visualize.py
+ADE = Path(__file__).resolve().parents[2] / "shared" / "ade20k"
+SAMPLE_IMAGE = ADE / "sample" / "images" / "validation" / "ADE_val_00000001.jpg"
+SAMPLE_ANNOTATION = ADE / "sample" / "annotations" / "validation" / "ADE_val_00000001.png"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("visualize_tool", Path(__file__).resolve().parents[1] / "tools"
+                                                  / "visualize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_tool(monkeypatch, *argv: str) -> int:
+    from twostream.cli import run_cli
+
+    tool = _tool()
+    monkeypatch.setattr(sys, "argv", ["visualize.py", *argv])
+    return run_cli(tool.get_args_parser, tool.main)
+
+
+def _graph_json(graph: SceneGraph) -> dict:
+    if hasattr(graph, "to_dict"):
+        return graph.to_dict()
+    d = {k: getattr(graph, k).tolist() for k in ("labels", "area", "centroid", "bbox", "edge_index", "boundary")}
+    return {**d, "image_size": list(graph.image_size), "class_table": graph.class_table.to_dict()}
+
+
+@pytest.mark.skipif(not SAMPLE_IMAGE.exists(), reason=f"real ADE20K sample not found under {ADE}")
+def test_visualize_tool_compares_prediction_with_ground_truth(tmp_path, monkeypatch):
+    from twostream.graph.builder import SceneGraphBuilder
+
+    truth = np.asarray(Image.open(SAMPLE_ANNOTATION), dtype=np.int64)
+    pred = truth.copy()
+    pred[pred == 10] = 13  # grass predicted as person
+    pred = pred[::2, ::2]  # the prediction is at half resolution: the tool resizes it to the image
+    Image.fromarray(pred.astype(np.uint8)).save(tmp_path / "pred_sem.png")
+    pred_graph = SceneGraphBuilder()(pred)
+    record = {"graph": _graph_json(pred_graph), "sem_seg": "pred_sem.png",
+              "scenes": [{"scene": "abbey", "prob": 0.7}, {"scene": "castle", "prob": 0.2}]}
+    (tmp_path / "pred.json").write_text(json.dumps(record))
+    out = tmp_path / "viz"
+    rc = _run_tool(monkeypatch, "--image", str(SAMPLE_IMAGE), "--prediction", str(tmp_path / "pred.json"),
+                   "--annotation", str(SAMPLE_ANNOTATION), "--out", str(out), "--width", "600")
+    assert rc == 0
+    with Image.open(out / "panel.png") as im:
+        assert im.size[0] == 600 and im.size[1] > 2 * 200 * 512 / 683  # two rows of cells ~ 191 x 143
+    data = page_data((out / "graph.html").read_text(encoding="utf-8"))
+    names = [v["name"] for v in data["views"]]
+    assert names == ["prediction", "ground truth"]
+    labels = {v["name"]: [n["label"] for n in v["nodes"]] for v in data["views"]}
+    assert labels["ground truth"] == [c for c in np.unique(truth).tolist() if c != 0]
+    assert labels["prediction"] == pred_graph.labels.tolist() and 13 in labels["prediction"]
+    assert data["views"][0]["topk"] == [["abbey", 0.7], ["castle", 0.2]]
+    assert data["title"] == "ADE_val_00000001.jpg"
+
+
+@pytest.mark.parametrize("problem", ["missing image", "not an image", "wrong annotation size", "bad prediction"])
+def test_visualize_tool_reports_bad_input_in_one_line(tmp_path, monkeypatch, capsys, problem):
+    img = tmp_path / "img.png"
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(img)
+    ann = tmp_path / "ann.png"
+    Image.fromarray(np.ones((8, 10), np.uint8)).save(ann)
+    args = {"missing image": ["--image", str(tmp_path / "nope.jpg"), "--annotation", str(ann)],
+            "not an image": ["--image", str(tmp_path / "fake.jpg"), "--annotation", str(ann)],
+            "wrong annotation size": ["--image", str(img), "--annotation", str(tmp_path / "small.png")],
+            "bad prediction": ["--image", str(img), "--prediction", str(tmp_path / "pred.json")]}[problem]
+    (tmp_path / "fake.jpg").write_text("not a jpeg")
+    Image.fromarray(np.ones((4, 10), np.uint8)).save(tmp_path / "small.png")
+    (tmp_path / "pred.json").write_text('{"graph": {"labels": [1]}}')
+    bad = Path(args[1] if problem in ("missing image", "not an image") else args[3])
+    rc = _run_tool(monkeypatch, *args, "--out", str(tmp_path / "out"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and err[0].startswith("error: ") and str(bad) in err[0]
+    assert not (tmp_path / "out").exists()

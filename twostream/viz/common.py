@@ -48,10 +48,11 @@ class GraphView:
     scene_topk: Sequence[tuple[str, float]] | None = None
 
     def resolved_node_map(self) -> np.ndarray | None:
-        """``(H, W)`` int64 node ids (``-1`` = no node), or ``None`` without a semantic map or node map."""
+        """``(H, W)`` int64 node ids (``-1`` = no node), or ``None`` when unknown: no semantic map, or a graph with
+        several nodes of one class (region granularity) and no node map."""
         if self.node_map is not None:
-            return np.asarray(self.node_map, dtype=np.int64)
-        if self.sem_map is None:
+            return _to_numpy(self.node_map).astype(np.int64, copy=False)
+        if self.sem_map is None or _has_repeated_labels(self.graph):
             return None
         return node_id_map(self.sem_map, self.graph)
 
@@ -60,6 +61,11 @@ def _to_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor, on any device
         x = x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def _has_repeated_labels(graph: SceneGraph) -> bool:
+    labels = _to_numpy(graph.labels)
+    return len(np.unique(labels)) != len(labels)
 
 
 def as_image(image) -> np.ndarray:
@@ -94,7 +100,7 @@ def node_id_map(sem_map: np.ndarray, graph: SceneGraph) -> np.ndarray:
     """
     sem = as_label_map(sem_map)
     labels = _to_numpy(graph.labels).astype(np.int64)
-    if len(np.unique(labels)) != len(labels):
+    if _has_repeated_labels(graph):
         raise ValueError("node_id_map: the graph has several nodes of one class (region granularity); "
                          "pass node_map= from SceneGraphBuilder instead of deriving it from the semantic map")
     size = max(int(sem.max(initial=0)), int(labels.max(initial=0))) + 1

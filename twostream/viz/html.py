@@ -134,6 +134,7 @@ def _view_payload(view: GraphView, img: np.ndarray, seed: int) -> dict:
     } for i in range(n)]
     payload: dict = {
         "name": view.name,
+        "image_size": [int(img.shape[0]), int(img.shape[1])],
         "graph_size": list(g.image_size),
         "nodes": nodes,
         "edges": [[int(i), int(j), float(b)] for (i, j), b in zip(pairs.tolist(), boundary.tolist())],

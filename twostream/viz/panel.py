@@ -285,10 +285,24 @@ def draw_panel(image: np.ndarray, views: GraphView | Sequence[GraphView], *, tit
     return fig
 
 
-def save_panel(path: str | Path, image: np.ndarray, views: GraphView | Sequence[GraphView], **kwargs) -> Path:
-    """Draw the panel (:func:`draw_panel` keyword arguments) and write it as PNG to ``path``; returns the path."""
+def save_panel(path: str | Path, image: np.ndarray, views: GraphView | Sequence[GraphView], *,
+               colors: int | None = None, **kwargs) -> Path:
+    """Draw the panel (:func:`draw_panel` keyword arguments) and write it as PNG to ``path``; returns the path.
+
+    ``colors``: quantise to this many colours (2..256, median cut with dithering): files ~3x smaller, e.g. for
+    documentation; ``None`` keeps full colour.
+    """
+    from PIL import Image
+
+    if colors is not None and not 2 <= colors <= 256:
+        raise ValueError(f"save_panel: colors must lie in 2..256 (or None for full colour), got {colors}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = draw_panel(image, views, **kwargs)
-    fig.savefig(path, dpi=fig.dpi, format="png", pil_kwargs={"optimize": True})
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[:, :, :3]  # (H, W, 3) uint8, exactly the figure's pixels
+    out = Image.fromarray(rgb)
+    if colors is not None:
+        out = out.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
+    out.save(path, format="PNG", optimize=True)
     return path

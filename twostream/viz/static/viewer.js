@@ -29,7 +29,8 @@
   function pct(x) { return (100 * x).toFixed(x < 0.01 ? 2 : 1) + " %"; }
 
   function setupView(section, v, vi) {
-    var H = v.graph_size[0], W = v.graph_size[1];
+    // positions are fractions of the image; pixels are reported at the image's size, boundaries at the graph's
+    var H = v.image_size[0], W = v.image_size[1], GH = v.graph_size[0], GW = v.graph_size[1];
     var box = section.querySelector(".imgbox");
     var canvas = section.querySelector("canvas.region");
     var marks = section.querySelector("svg.marks");
@@ -64,7 +65,7 @@
       var t = svgEl("text", {x: GRAPH_W / 2, y: GRAPH_H / 2, "class": "empty"}, graph);
       t.textContent = "no objects (empty scene graph)";
     }
-    var edgeEls = [], nodeEls = [], labelEls = [];
+    var edgeEls = [], nodeEls = [], labelEls = [], textEls = [];
     function graphXY(node, mode) {
       var p = mode === "centroid" ? node.centroid : node.layout;
       var pad = 40;
@@ -96,6 +97,7 @@
       tg.textContent = node.short;
       nodeEls.push([cm, cg]);
       labelEls.push(tg);
+      textEls.push([tm, tg]);
     });
     function layout(mode) {
       v.nodes.forEach(function (node, i) {
@@ -173,8 +175,9 @@
       row("centroid", "x " + Math.round(node.centroid[0] * W) + ", y " + Math.round(node.centroid[1] * H) + " px");
       row("bbox", "x " + Math.round(node.bbox[0] * W) + "–" + Math.round(node.bbox[2] * W) + ", y " +
           Math.round(node.bbox[1] * H) + "–" + Math.round(node.bbox[3] * H) + " px");
+      var scale = GH === H && GW === W ? "" : " of the " + GW + "×" + GH + " map";
       htmlEl("div", "hint", node.neighbours.length + " neighbour" + (node.neighbours.length === 1 ? "" : "s") +
-             " (shared boundary, px):", info);
+             " (shared boundary, px" + scale + "):", info);
       var ul = htmlEl("ul", "neighbours", null, info);
       node.neighbours.forEach(function (nb) {
         var li = htmlEl("li", null, v.nodes[nb[0]].short + " — " + Math.round(nb[1]), ul);
@@ -191,6 +194,9 @@
           e.classList.toggle("neighbour", !!neighbour[j]);
           e.classList.toggle("dimmed", i >= 0 && j !== i && !neighbour[j]);
         });
+      });
+      textEls.forEach(function (els, j) {
+        els.forEach(function (e) { e.classList.toggle("dimmed", i >= 0 && j !== i && !neighbour[j]); });
       });
       edgeEls.forEach(function (els, k) {
         var e = v.edges[k], on = i >= 0 && (e[0] === i || e[1] === i);
