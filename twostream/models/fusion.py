@@ -42,7 +42,10 @@ def _reset_all(module: nn.Module) -> None:
     """Reset every sub-module that knows how (Linear, LayerNorm, MultiheadAttention), in registration order."""
     for child in module.children():
         if isinstance(child, nn.MultiheadAttention):
-            child._reset_parameters()  # its own init (xavier, zero biases), not its out_proj's Linear default
+            # as its constructor does: out_proj's Linear init, then xavier in_proj and zero biases (_reset_parameters
+            # alone leaves out_proj.weight as it is)
+            child.out_proj.reset_parameters()
+            child._reset_parameters()
         elif hasattr(child, "reset_parameters"):
             child.reset_parameters()
         else:

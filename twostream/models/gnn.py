@@ -78,12 +78,13 @@ NORMS: dict[str, Callable[[int], nn.Module] | None] = {
     "graph": lambda dim: GraphNorm(dim),
 }
 
-# name -> readout factory. "attention" is the gated attention pooling of Li et al. 2016 (AttentionalAggregation).
+# name -> readout factory. "attention" is the gated attention pooling of Li et al. 2016 (AttentionalAggregation); its
+# gate has no bias because a softmax over a graph's nodes ignores a shift shared by all of them (it would never learn).
 READOUTS: dict[str, Callable[[int], nn.Module]] = {
     "mean": lambda dim: MeanAggregation(),
     "max": lambda dim: MaxAggregation(),
     "sum": lambda dim: SumAggregation(),
-    "attention": lambda dim: AttentionalAggregation(gate_nn=nn.Linear(dim, 1)),
+    "attention": lambda dim: AttentionalAggregation(gate_nn=nn.Linear(dim, 1, bias=False)),
 }
 
 
