@@ -64,9 +64,10 @@ def test_exif_orientation_applied_for_photos_not_for_datasets(tmp_path):
         (lambda p: None, "not found"),
         (lambda p: p.write_bytes(b""), "empty file"),
         (lambda p: p.write_text("hello, not a picture"), "not an image"),
-        (lambda p: p.write_bytes(_jpeg_bytes()[: len(_jpeg_bytes()) // 2]), "truncated"),
+        (lambda p: p.write_bytes(_jpeg_bytes()[: len(_jpeg_bytes()) // 2]), "truncated or corrupt"),
+        (lambda p: p.write_bytes(_jpeg_bytes()[:300]), "truncated or corrupt"),
     ],
-    ids=["missing", "empty", "not-an-image", "truncated"],
+    ids=["missing", "empty", "not-an-image", "truncated-data", "truncated-header"],
 )
 def test_bad_image_files_raise_one_line_naming_the_file(tmp_path, make, reason):
     path = tmp_path / "bad.jpg"

@@ -255,10 +255,6 @@ class ADE20KDataset(Dataset):
         vocab = f"{len(self.vocabulary)} scenes" if self.vocabulary is not None else "no scenes"
         return f"ADE20KDataset({self.root}, split={self.split}, {len(self)} items, {vocab})"
 
-    def split_scenes(self) -> list[str]:
-        """Scene name of every image of the split that has one, before vocabulary filtering (for tables)."""
-        return list(self.scene_names.values())
-
 
 def _split_scene_names(root: Path, split: str, scenes: dict[str, str]) -> list[str]:
     """Scene names of the images present in ``images/<split>`` (one per image with a scene line)."""

@@ -54,8 +54,10 @@ def _open(path: Path, max_pixels: int, what: str) -> Image.Image:
         raise DataError(f"{path}: {what} is not an image PIL can read (unknown or corrupt format)") from None
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: {what} is too large ({e})") from None
-    except OSError as e:
-        raise DataError(f"{path}: {what} cannot be opened: {e}") from None
+    except PermissionError:
+        raise DataError(f"{path}: {what} cannot be read: permission denied") from None
+    except OSError as e:  # the header itself is cut short or garbled
+        raise DataError(f"{path}: {what} is truncated or corrupt (header unreadable: {e})") from None
     w, h = im.size
     if w * h > max_pixels:
         im.close()
