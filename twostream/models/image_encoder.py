@@ -27,6 +27,7 @@ Swin's windows and masks for it); families that do not take the argument (CNNs) 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,19 @@ __all__ = ["FeatureMapEncoder", "ImageEncoder", "build_image_encoder", "create_t
 # --------------------------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------------------------
+
+
+class _MissingKeyLog(logging.Handler):
+    """Collects timm's "Missing keys (...)" report: timm loads a headless model non-strictly and only logs it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.missing: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Missing keys ("):
+            self.missing += [k.strip() for k in message[len("Missing keys ("):].split(")", 1)[0].split(",")]
 
 
 def create_timm_classifier(name: str, *, pretrained: bool = False, pretrained_path: str = "",
@@ -67,13 +81,19 @@ def create_timm_classifier(name: str, *, pretrained: bool = False, pretrained_pa
         overlay = dict(file=str(path))  # timm loads it like a download: filter_fn converts, the classifier is dropped
         pretrained = True
     args = dict(pretrained=pretrained, pretrained_cfg_overlay=overlay, num_classes=0, **kwargs)
+    # timm loads into a headless model with strict=False (the classifier is dropped) and only logs what was missing;
+    # listen for that report, so that a file of another model fails here instead of training from random weights.
+    timm_log, missing = logging.getLogger("timm.models._builder"), _MissingKeyLog()
+    level = timm_log.level
+    timm_log.setLevel(min(level or logging.INFO, logging.INFO))
+    timm_log.addHandler(missing)
     try:
         try:
-            return timm.create_model(name, **args, **({"img_size": tuple(img_size)} if img_size else {}))
+            model = timm.create_model(name, **args, **({"img_size": tuple(img_size)} if img_size else {}))
         except TypeError as e:
             if img_size is None or "img_size" not in str(e):
                 raise
-            return timm.create_model(name, **args)  # CNNs take no img_size and need none
+            model = timm.create_model(name, **args)  # CNNs take no img_size and need none
     except RuntimeError as e:
         if not pretrained_path or "state_dict" not in str(e):
             raise
@@ -81,6 +101,15 @@ def create_timm_classifier(name: str, *, pretrained: bool = False, pretrained_pa
         detail = (lines[1] if len(lines) > 1 else lines[0] if lines else repr(e))[:200]
         raise ValueError(f"image encoder weights in {pretrained_path} do not fit timm model '{name}' ({detail}); "
                          f"save them from timm.create_model('{name}').state_dict() or pick the matching name") from e
+    finally:
+        timm_log.removeHandler(missing)
+        timm_log.setLevel(level)
+    if pretrained and missing.missing:
+        source = pretrained_path or "timm's pretrained weights"
+        raise ValueError(f"image encoder weights in {source} do not fit timm model '{name}' ({len(missing.missing)} "
+                         f"tensors missing, e.g. '{missing.missing[0]}'); save them from "
+                         f"timm.create_model('{name}').state_dict() or pick the matching name")
+    return model
 
 
 def _layout(model: nn.Module) -> str:
