@@ -152,6 +152,21 @@ def test_panel_comparison_has_two_rows_and_no_segmentation_is_fine():
     assert len(one.axes) == 3 and len(two.axes) == 6
 
 
+def test_panel_quantised_png_keeps_class_colours_exact(tmp_path):
+    img, sem = photo_and_map()
+    view = GraphView("prediction", class_graph(sem), sem)
+    full = np.asarray(Image.open(save_panel(tmp_path / "full.png", img, view, width=600)).convert("RGB"))
+    with Image.open(save_panel(tmp_path / "small.png", img, view, width=600, colors=64)) as im:
+        assert im.mode == "P"
+        small = np.asarray(im.convert("RGB"))
+    assert len(np.unique(small.reshape(-1, 3), axis=0)) <= 64
+    assert np.abs(small.astype(int) - full.astype(int)).mean() < 8
+    for colour in ade20k150().palette[view.graph.labels.numpy()]:  # every node's fill survives exactly
+        assert (full == colour).all(-1).sum() == (small == colour).all(-1).sum() > 0
+    with pytest.raises(ValueError, match="colors"):
+        save_panel(tmp_path / "x.png", img, view, colors=1)
+
+
 def test_panel_rejects_bad_views():
     img, sem = photo_and_map()
     with pytest.raises(TypeError, match="GraphView"):
@@ -257,13 +272,6 @@ def _run_tool(monkeypatch, *argv: str) -> int:
     return run_cli(tool.get_args_parser, tool.main)
 
 
-def _graph_json(graph: SceneGraph) -> dict:
-    if hasattr(graph, "to_dict"):
-        return graph.to_dict()
-    d = {k: getattr(graph, k).tolist() for k in ("labels", "area", "centroid", "bbox", "edge_index", "boundary")}
-    return {**d, "image_size": list(graph.image_size), "class_table": graph.class_table.to_dict()}
-
-
 @pytest.mark.skipif(not SAMPLE_IMAGE.exists(), reason=f"real ADE20K sample not found under {ADE}")
 def test_visualize_tool_compares_prediction_with_ground_truth(tmp_path, monkeypatch):
     from twostream.graph.builder import SceneGraphBuilder
@@ -274,7 +282,7 @@ def test_visualize_tool_compares_prediction_with_ground_truth(tmp_path, monkeypa
     pred = pred[::2, ::2]  # the prediction is at half resolution: the tool resizes it to the image
     Image.fromarray(pred.astype(np.uint8)).save(tmp_path / "pred_sem.png")
     pred_graph = SceneGraphBuilder()(pred)
-    record = {"graph": _graph_json(pred_graph), "sem_seg": "pred_sem.png",
+    record = {**pred_graph.to_json(), "sem_seg": "pred_sem.png",
               "scenes": [{"scene": "abbey", "prob": 0.7}, {"scene": "castle", "prob": 0.2}]}
     (tmp_path / "pred.json").write_text(json.dumps(record))
     out = tmp_path / "viz"

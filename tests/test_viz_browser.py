@@ -23,7 +23,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,1000")
+                  "--disable-dev-shm-usage", "--window-size=1400,1000")  # small /dev/shm in containers
 
 
 def _chromium() -> str | None:
@@ -150,3 +150,21 @@ def test_viewer_shows_hostile_names_as_text(browser, tmp_path):
     browser.find_elements("css selector", "section.view.active .graphbox circle.node")[0].click()
     assert evil in browser.find_element("css selector", "section.view.active .info").text
     assert not browser.find_elements("css selector", "img[src='x']")
+
+
+@pytest.mark.parametrize("labels", [(), (3,)], ids=["no-nodes", "one-node"])
+def test_viewer_handles_empty_and_single_node_graphs(browser, tmp_path, labels):
+    img, _ = photo_and_map(size=60)
+    sem = np.full(img.shape[:2], labels[0] if labels else 0, np.int64)
+    graph = class_graph(sem)
+    page = write_html(tmp_path / "g.html", img, GraphView("prediction", graph, sem))
+    _open(browser, page)
+    assert _nodes(browser, ".graphbox") == list(range(len(labels)))
+    browser.find_element("css selector", "section.view.active .imgbox").click()  # on the region, or on nothing
+    if labels:
+        assert _nodes(browser, ".graphbox", ".selected") == [0] and not _nodes(browser, ".graphbox", ".neighbour")
+        assert browser.find_element("css selector", "section.view.active .info h3").text == "sky"
+    else:
+        assert "no objects" in browser.find_element("css selector", "section.view.active .graphbox").text
+        assert "no nodes" in browser.find_element("css selector", "section.view.active .info").text
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

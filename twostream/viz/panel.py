@@ -39,6 +39,11 @@ _LABEL_OFFSETS = ((0.0, 0.0), (0.0, -1.0), (0.0, 1.0), (0.6, 0.0), (-0.6, 0.0), 
                   (0.6, 1.0), (-0.6, 1.0), (0.0, -2.0), (0.0, 2.0), (1.1, 0.0), (-1.1, 0.0))
 
 
+# The drawing's own flat colours (background, graph cell, edges, outlines, text): exact in quantised PNGs.
+_UI_COLOURS = np.array([[255, 255, 255], [243, 243, 241], [107, 107, 107], [17, 17, 17], [34, 34, 34],
+                        [200, 200, 200], [85, 85, 85], [0, 0, 0]], dtype=np.uint8)
+
+
 # ----------------------------------------------------------------------------------------------------- helpers
 def overlay(image: np.ndarray, sem_map: np.ndarray, class_table: ClassTable, alpha: float = 0.5,
             boundaries: bool = True) -> np.ndarray:
@@ -301,8 +306,50 @@ def save_panel(path: str | Path, image: np.ndarray, views: GraphView | Sequence[
     fig = draw_panel(image, views, **kwargs)
     fig.canvas.draw()
     rgb = np.asarray(fig.canvas.buffer_rgba())[:, :, :3]  # (H, W, 3) uint8, exactly the figure's pixels
-    out = Image.fromarray(rgb)
-    if colors is not None:
-        out = out.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
+    if colors is None:
+        out = Image.fromarray(rgb)
+    else:
+        views = [views] if isinstance(views, GraphView) else list(views)
+        node_colours = [v.graph.class_table.palette[v.graph.labels.cpu().numpy() % len(v.graph.class_table)]
+                        for v in views]
+        out = _quantize(rgb, colors, np.concatenate([_UI_COLOURS, *node_colours]))
     out.save(path, format="PNG", optimize=True)
     return path
+
+
+def _quantize(rgb: np.ndarray, colors: int, exact: np.ndarray):
+    """``(H, W, 3)`` uint8 -> a palette PIL image of ``colors`` entries that keeps flat colours exact.
+
+    Up to a quarter of the palette holds exact colours: ``exact`` ``(K, 3)`` (the drawing's own: background, node
+    fills, text), then the most frequent others. Pixels of exactly those colours keep them; the rest (the photograph,
+    antialiased edges) get an adaptive median-cut palette with Floyd-Steinberg dithering. Median cut alone shifts the
+    colours of small markers, which then no longer match their class colours.
+    """
+    from PIL import Image
+
+    h, w, _ = rgb.shape
+
+    def code(c: np.ndarray) -> np.ndarray:
+        c = c.astype(np.int64)
+        return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+
+    codes = code(rgb)  # (H, W)
+    uniq, counts = np.unique(codes, return_counts=True)
+    budget = min(colors // 4, len(uniq) - 1)
+    wanted = np.unique(code(np.asarray(exact)))
+    wanted = wanted[np.isin(wanted, uniq)][:budget]  # only colours that occur
+    frequent = uniq[np.argsort(-counts, kind="stable")]
+    frequent = frequent[~np.isin(frequent, wanted)][: budget - len(wanted)]
+    keep = np.sort(np.concatenate([wanted, frequent]))  # (K,)
+    adaptive = Image.fromarray(rgb).quantize(colors - len(keep), method=Image.Quantize.MEDIANCUT,
+                                             dither=Image.Dither.FLOYDSTEINBERG)
+    index = np.asarray(adaptive, dtype=np.int64)  # (H, W) in [0, colors - K)
+    slot = np.searchsorted(keep, codes)
+    exact = keep[np.clip(slot, 0, len(keep) - 1)] == codes
+    index = np.where(exact, colors - len(keep) + slot, index)
+    kept = np.stack([(keep >> 16) & 255, (keep >> 8) & 255, keep & 255], axis=1)  # (K, 3)
+    palette = np.asarray(adaptive.getpalette()[: 3 * (colors - len(keep))]).reshape(-1, 3)
+    palette = np.concatenate([palette, kept]).astype(np.uint8)
+    out = Image.frombytes("P", (w, h), index.astype(np.uint8).tobytes())
+    out.putpalette(palette.reshape(-1).tolist())
+    return out

@@ -1,13 +1,13 @@
 """Where the views to draw come from: a prediction file written by inference, or a dataset annotation.
 
-A prediction file is JSON (``tools/infer.py`` writes it)::
+A prediction file is JSON (``tools/infer.py`` writes it): the scene graph's own JSON form
+(:meth:`SceneGraph.to_json <twostream.graph.scene_graph.SceneGraph.to_json>`: ``format``, ``image_size``,
+``class_table``, ``nodes``, ``edges``), either at the top level or under ``"graph"``, plus optional keys::
 
-    {"image": "ADE_val_00000001.jpg",                       # optional, for the title
+    {...graph keys..., or "graph": {...},
      "scenes": [{"scene": "abbey", "prob": 0.83}, ...],     # scene top-k, best first (or [["abbey", 0.83], ...])
-     "graph": {...SceneGraph fields...},                    # labels, area, centroid, bbox, edge_index, boundary,
-                                                            # image_size, class_table (ClassTable.to_dict())
-     "sem_seg": "ADE_val_00000001_sem.png"}                 # optional: the predicted label map (a path relative
-                                                            # to the JSON file); without it regions are not drawn
+     "sem_seg": "ADE_val_00000001_sem.png"}                 # the predicted label map, a path relative to the JSON
+                                                            # file; without it, regions are not drawn
 
 With a ``region``-granularity graph the node of a pixel is not known from its label alone: the viewer then highlights
 a node's bounding box instead of its region.
@@ -22,18 +22,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from twostream.data.classes import ClassTable, ade20k150
 from twostream.data.io import DataError, load_label
 from twostream.graph.scene_graph import SceneGraph
 from twostream.viz.common import GraphView, as_label_map
 
-__all__ = ["annotation_view", "graph_from_dict", "prediction_view", "resize_labels"]
-
-_GRAPH_FIELDS = {"labels": torch.int64, "area": torch.float32, "centroid": torch.float32, "bbox": torch.float32,
-                 "edge_index": torch.int64, "boundary": torch.float32}
-_GRAPH_SHAPES = {"centroid": (-1, 2), "bbox": (-1, 4), "edge_index": (2, -1)}
+__all__ = ["annotation_view", "prediction_view", "resize_labels"]
 
 
 def resize_labels(label_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -42,28 +36,6 @@ def resize_labels(label_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows = np.minimum((np.arange(shape[0]) + 0.5) * h / shape[0], h - 1).astype(np.int64)
     cols = np.minimum((np.arange(shape[1]) + 0.5) * w / shape[1], w - 1).astype(np.int64)
     return label_map[rows][:, cols]
-
-
-def graph_from_dict(d: dict, class_table: ClassTable | None = None, what: str = "graph") -> SceneGraph:
-    """A :class:`SceneGraph` from its JSON form (field names as in the dataclass); validated.
-
-    Uses ``SceneGraph.from_dict`` when the graph module provides it, so the two never disagree.
-    """
-    if hasattr(SceneGraph, "from_dict"):
-        return SceneGraph.from_dict(d).validate()
-    if not isinstance(d, dict):
-        raise ValueError(f"{what}: expected a JSON object with the scene-graph fields, got {type(d).__name__}")
-    missing = [k for k in (*_GRAPH_FIELDS, "image_size") if k not in d]
-    if missing:
-        raise ValueError(f"{what}: missing field(s) {', '.join(missing)}")
-    table = ClassTable.from_dict(d["class_table"]) if "class_table" in d else (class_table or ade20k150())
-    fields = {}
-    for name, dtype in _GRAPH_FIELDS.items():
-        t = torch.as_tensor(d[name], dtype=dtype)
-        fields[name] = t.reshape(_GRAPH_SHAPES[name]) if name in _GRAPH_SHAPES else t.reshape(-1)
-    features = torch.as_tensor(d["features"], dtype=torch.float32) if d.get("features") is not None else None
-    h, w = (int(s) for s in d["image_size"])
-    return SceneGraph(**fields, image_size=(h, w), class_table=table, features=features).validate()
 
 
 def _scene_topk(record: dict) -> list[tuple[str, float]] | None:
@@ -93,11 +65,11 @@ def prediction_view(path: str | Path, image_shape: tuple[int, int], name: str = 
         record = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: not a prediction JSON file ({e})") from None
-    if not isinstance(record, dict) or "graph" not in record:
-        raise DataError(f"{path}: a prediction file is a JSON object with a 'graph' field")
+    if not isinstance(record, dict) or not ("graph" in record or "nodes" in record):
+        raise DataError(f"{path}: a prediction file is a JSON object holding a scene graph (its 'nodes' and "
+                        "'edges', or a 'graph' object)")
     try:
-        graph = graph_from_dict(record["graph"], ClassTable.from_dict(record["class_table"])
-                                if "class_table" in record else None)
+        graph = SceneGraph.from_json(record.get("graph", record))
         topk = _scene_topk(record)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise DataError(f"{path}: malformed prediction: {e}") from None
