@@ -1,0 +1,300 @@
+"""The two-stream scene classifier: segmenter -> scene graph -> GNN, plus a timm image encoder, fused, then a head.
+
+::
+
+    image ──► Segmenter ──► argmax ──► SceneGraphBuilder ──► GraphEncoder ──► g, nodes ─┐
+      │            (or graphs from the cache / annotations)                            ├─► Fusion ─► head ─► logits
+      └──────► ImageEncoder (timm; or the segmenter's own C5 when shared) ──► v, tokens ┘
+
+Every ablation is a setting of this one class: image-only (``model.gnn.enabled: false``, ``model.fusion.type: none``),
+graph-only (``model.image_encoder.enabled: false``, ``model.fusion.type: none``), any GNN x any fusion, one shared
+backbone pass (``model.shared_backbone: true``). ``build_model(cfg, num_scenes, class_table)`` maps a config to it and
+logs a parameter table; like ``build_segmenter`` it loads no trained weights (the engine loads the segmenter's
+checkpoint into ``model.segmenter``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from twostream.config import Config
+from twostream.data.classes import ClassTable
+from twostream.models.fusion import build_fusion
+from twostream.models.gnn import GraphEncoder, build_graph_encoder
+from twostream.models.image_encoder import FeatureMapEncoder, ImageEncoder, build_image_encoder
+from twostream.models.segmenter import Segmenter, build_segmenter
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TwoStreamClassifier", "build_model", "format_parameter_table"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _count(module: nn.Module | None) -> tuple[int, int]:
+    """``(total, trainable)`` parameters of ``module`` (``(0, 0)`` for ``None``)."""
+    if module is None:
+        return 0, 0
+    params = list(module.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def format_parameter_table(counts: dict[str, tuple[int, int]]) -> str:
+    """``{part: (total, trainable)}`` -> an aligned text table with a total row."""
+    rows = [(name, total, trainable) for name, (total, trainable) in counts.items()]
+    rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'part':<{width}}  {'parameters':>12}  {'trainable':>12}"]
+    lines += [f"{name:<{width}}  {total:>12,}  {trainable:>12,}" for name, total, trainable in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class TwoStreamClassifier(nn.Module):
+    """Scene logits from an image and its scene graph.
+
+    Args:
+        num_scenes: classes of the head (the scene vocabulary).
+        segmenter: the segmentation stream, or ``None`` when nothing needs it (image-only; graphs only from
+            annotations). Frozen (``requires_grad=False``, kept in eval mode by :meth:`train`) unless
+            ``segmenter_trainable``.
+        builder: the ``SceneGraphBuilder`` that turns the segmenter's label maps into graphs (with the segmenter).
+        graph_encoder: the graph stream, or ``None`` (image-only).
+        image_encoder: the image stream (:class:`ImageEncoder`, or :class:`FeatureMapEncoder` with
+            ``shared_backbone``), or ``None`` (graph-only).
+        fusion: a module of :data:`~twostream.models.fusion.FUSIONS` when both streams are on, else ``None``: the one
+            stream's pooled features go to the head.
+        segmenter_trainable: train the segmenter with the classifier (gradients reach it through pooled node
+            features and, with ``shared_backbone``, the image stream).
+        shared_backbone: the image stream reads the segmenter backbone's C5 map: one backbone pass per batch.
+        online_graphs: always build graphs from the segmenter, even when ``forward`` is given graphs
+            (``graph.source: online``).
+        pool_features: give each node the segmenter ``"features"`` pooled under its mask.
+        head_dropout: dropout before the final linear layer.
+
+    ``forward(images, graphs=None) -> dict``:
+        images: ``(B, 3, H, W)`` float RGB in ``[0, 1]``.
+        graphs: a torch_geometric ``Batch`` of ``B`` graphs (``SceneGraph.to_pyg()``; a list of ``SceneGraph`` is
+            also accepted), or ``None`` to build them from the segmenter's prediction.
+    Returns:
+        ``"logits"`` ``(B, num_scenes)``; when graphs were built inside, also ``"graphs"`` (``list[SceneGraph]``) and
+        ``"sem_logits"`` ``(B, K, H, W)``.
+    """
+
+    def __init__(self, *, num_scenes: int, segmenter: Segmenter | None = None, builder=None,
+                 graph_encoder: GraphEncoder | None = None,
+                 image_encoder: ImageEncoder | FeatureMapEncoder | None = None, fusion: nn.Module | None = None,
+                 segmenter_trainable: bool = False, shared_backbone: bool = False, online_graphs: bool = False,
+                 pool_features: bool = False, head_dropout: float = 0.1) -> None:
+        super().__init__()
+        if image_encoder is None and graph_encoder is None:
+            raise ValueError("TwoStreamClassifier: both streams are off; give an image_encoder or a graph_encoder")
+        if (image_encoder is not None and graph_encoder is not None) != (fusion is not None):
+            raise ValueError("TwoStreamClassifier: a fusion module is needed exactly when both streams are on "
+                             "(model.fusion.type none is for single-stream models)")
+        if shared_backbone and (segmenter is None or not hasattr(segmenter, "forward_from_features")):
+            raise ValueError("TwoStreamClassifier: shared_backbone needs a segmenter with forward_features and "
+                             "forward_from_features (model.segmenter.kind=upsnet)")
+        if shared_backbone and image_encoder is not None and not isinstance(image_encoder, FeatureMapEncoder):
+            raise ValueError("TwoStreamClassifier: with shared_backbone the image stream is a FeatureMapEncoder over "
+                             "the segmenter's C5, not a separate timm model")
+        if (online_graphs or pool_features) and graph_encoder is not None and (segmenter is None or builder is None):
+            raise ValueError("TwoStreamClassifier: online graphs need a segmenter and a builder")
+        self.num_scenes = num_scenes
+        self.segmenter = segmenter
+        self.builder = builder  # not a module: no parameters, no state
+        self.graph_encoder = graph_encoder
+        self.image_encoder = image_encoder
+        self.fusion = fusion
+        self.segmenter_trainable = segmenter_trainable
+        self.shared_backbone, self.online_graphs, self.pool_features = shared_backbone, online_graphs, pool_features
+        if segmenter is not None and not segmenter_trainable:
+            segmenter.requires_grad_(False)
+            segmenter.eval()
+
+        single = image_encoder if image_encoder is not None else graph_encoder
+        width = fusion.num_features if fusion is not None else single.num_features
+        self._num_features = int(width)
+        self.head_norm = nn.LayerNorm(width)
+        self.head_drop = nn.Dropout(head_dropout)
+        self.head = nn.Linear(width, num_scenes)
+
+    # ---- the timm encoder contract ---------------------------------------------------------------------------------
+
+    @property
+    def num_features(self) -> int:
+        """Width of :meth:`forward_features` (what the head classifies)."""
+        return self._num_features
+
+    def forward_features(self, images: Tensor, graphs=None) -> Tensor:
+        """``(B, 3, H, W)`` (+ graphs) -> fused features ``(B, num_features)``."""
+        return self._forward_features(images, graphs)[0]
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """``(B, num_features)`` -> logits ``(B, num_scenes)`` (or the normalised features if ``pre_logits``)."""
+        x = self.head_drop(self.head_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, images: Tensor, graphs=None) -> dict:
+        feats, extras = self._forward_features(images, graphs)
+        return {"logits": self.forward_head(feats), **extras}
+
+    # ---- parts -----------------------------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> TwoStreamClassifier:
+        super().train(mode)
+        if self.segmenter is not None and not self.segmenter_trainable:
+            self.segmenter.eval()  # a frozen segmenter keeps its BatchNorm statistics and dropout off
+        return self
+
+    def _segmenter_context(self):
+        return contextlib.nullcontext() if self.segmenter_trainable else torch.no_grad()
+
+    def _build_graphs(self, images: Tensor, backbone_feats: list[Tensor] | None) -> tuple[object, dict]:
+        """Segment ``images``, build one graph per image; -> (``Batch`` on the images' device, extras)."""
+        from torch_geometric.data import Batch
+
+        if self.segmenter is None or self.builder is None:
+            raise ValueError("TwoStreamClassifier has no segmenter (model.segmenter.kind=none?), so graphs cannot be "
+                             "built from images; pass graphs to forward (graph.source=gt or pred)")
+        with self._segmenter_context():
+            if backbone_feats is not None:
+                seg = self.segmenter.forward_from_features(backbone_feats, images.shape[-2:])
+            else:
+                seg = self.segmenter(images)
+        sem_maps = seg["sem_logits"].argmax(dim=1)  # (B, H, W)
+        features = seg.get("features") if self.pool_features else None  # (B, C, H/4, W/4)
+        if self.pool_features and features is None:
+            raise ValueError(f"{type(self.segmenter).__name__} returns no 'features' to pool under the nodes; "
+                             "set graph.pool_features=false")
+        graph_list = self.builder.build_batch(sem_maps, features=features)
+        batch = Batch.from_data_list([g.to_pyg() for g in graph_list]).to(images.device)
+        return batch, {"graphs": graph_list, "sem_logits": seg["sem_logits"]}
+
+    def _forward_features(self, images: Tensor, graphs) -> tuple[Tensor, dict]:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"TwoStreamClassifier: expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        extras: dict = {}
+        backbone_feats = None
+        if self.shared_backbone:
+            with self._segmenter_context():
+                backbone_feats = self.segmenter.forward_features(images)  # [C2..C5], the only backbone pass
+
+        graph_pooled = node_emb = node_batch = None
+        if self.graph_encoder is not None:
+            if graphs is None or self.online_graphs:
+                graphs, extras = self._build_graphs(images, backbone_feats)
+            elif isinstance(graphs, list | tuple):
+                from torch_geometric.data import Batch
+
+                graphs = Batch.from_data_list([g.to_pyg() for g in graphs]).to(images.device)
+            if int(graphs.num_graphs) != images.shape[0]:
+                raise ValueError(f"TwoStreamClassifier: {graphs.num_graphs} graphs for {images.shape[0]} images")
+            graph_pooled, node_emb = self.graph_encoder(graphs)  # (B, Cg), (N, Cg)
+            node_batch = graphs.batch
+
+        image_pooled = tokens = None
+        if self.image_encoder is not None:
+            source = backbone_feats[-1] if self.shared_backbone else images  # C5 (B, C, h, w) or images
+            tokens = self.image_encoder.forward_features(source)  # (B, T, Ci)
+            image_pooled = self.image_encoder.forward_head(tokens)  # (B, Ci)
+
+        if self.fusion is not None:
+            feats = self.fusion(image_pooled, tokens, graph_pooled, node_emb, node_batch)  # (B, dim)
+        else:
+            feats = image_pooled if image_pooled is not None else graph_pooled
+        return feats, extras
+
+    def parameter_counts(self) -> dict[str, tuple[int, int]]:
+        """``{part: (total, trainable)}`` for segmenter, image encoder, graph encoder, fusion and head."""
+        head = _count(self.head_norm), _count(self.head)
+        return {
+            "segmenter": _count(self.segmenter),
+            "image_encoder": _count(self.image_encoder),
+            "graph_encoder": _count(self.graph_encoder),
+            "fusion": _count(self.fusion),
+            "head": (head[0][0] + head[1][0], head[0][1] + head[1][1]),
+        }
+
+    def extra_repr(self) -> str:
+        streams = [s for s, m in (("image", self.image_encoder), ("graph", self.graph_encoder)) if m is not None]
+        return (f"num_scenes={self.num_scenes}, streams={'+'.join(streams)}, "
+                f"segmenter_trainable={self.segmenter_trainable}, shared_backbone={self.shared_backbone}, "
+                f"online_graphs={self.online_graphs}, pool_features={self.pool_features}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Builder
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def build_model(cfg: Config, num_scenes: int, class_table: ClassTable) -> TwoStreamClassifier:
+    """The classifier ``cfg.model`` describes, for ``num_scenes`` scene classes and graphs labelled in ``class_table``
+    (replaced by the segmenter's own table when it has one). Loads no trained segmenter weights: the engine does.
+
+    The segmenter is built when a stream needs it: the graph stream with ``model.segmenter.kind`` other than ``none``
+    (online graphs in training, and graphs at inference, where no cache exists) or ``model.shared_backbone``.
+    """
+    m = cfg.model
+    if not (m.image_encoder.enabled or m.gnn.enabled):
+        raise ValueError("build_model: model.image_encoder.enabled and model.gnn.enabled are both false; enable one")
+    both = m.image_encoder.enabled and m.gnn.enabled
+    if both == (m.fusion.type == "none"):
+        raise ValueError(f"build_model: model.fusion.type '{m.fusion.type}' does not fit the streams that are on; "
+                         "use a fusion method with both streams and none with one")
+    if m.shared_backbone and m.segmenter.kind != "upsnet":
+        raise ValueError(f"build_model: model.shared_backbone needs model.segmenter.kind=upsnet, got "
+                         f"'{m.segmenter.kind}'")
+
+    need_segmenter = m.shared_backbone or (m.gnn.enabled and m.segmenter.kind != "none")
+    segmenter = build_segmenter(m.segmenter, class_table) if need_segmenter else None
+    table = segmenter.class_table if segmenter is not None else class_table
+
+    builder = None
+    if segmenter is not None and m.gnn.enabled:
+        from twostream.graph.builder import SceneGraphBuilder
+
+        builder = SceneGraphBuilder.from_config(cfg.graph, table)
+
+    graph_encoder = None
+    if m.gnn.enabled:
+        feature_dim = 0
+        if cfg.graph.pool_features:
+            feature_dim = int(getattr(segmenter, "num_features", 0) or 0)
+            if feature_dim <= 0:
+                raise ValueError(f"build_model: graph.pool_features needs a segmenter that reports the width of its "
+                                 f"'features' (num_features); {type(segmenter).__name__} does not")
+        graph_encoder = build_graph_encoder(m.gnn, len(table), feature_dim=feature_dim)
+
+    image_encoder = None
+    if m.image_encoder.enabled:
+        if m.shared_backbone:
+            image_encoder = FeatureMapEncoder(int(segmenter.backbone.out_channels[-1]))
+        else:
+            image_encoder = build_image_encoder(m.image_encoder, img_size=tuple(cfg.data.image_size))
+
+    fusion = None
+    if both:
+        # cross-attention reads the tokens, the other methods the pooled vector (equal widths for ViT/Swin/ResNet)
+        image_dim = image_encoder.token_dim if m.fusion.type == "cross_attention" else image_encoder.num_features
+        fusion = build_fusion(m.fusion, image_dim, graph_encoder.num_features)
+
+    model = TwoStreamClassifier(
+        num_scenes=num_scenes, segmenter=segmenter, builder=builder, graph_encoder=graph_encoder,
+        image_encoder=image_encoder, fusion=fusion, segmenter_trainable=m.segmenter.trainable,
+        shared_backbone=m.shared_backbone, online_graphs=cfg.graph.source == "online",
+        pool_features=cfg.graph.pool_features, head_dropout=m.fusion.dropout,
+    )
+    log.info("two-stream model (%s):\n%s", model.extra_repr(), format_parameter_table(model.parameter_counts()))
+    return model
