@@ -14,17 +14,11 @@ __all__ = ["run_cli"]
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from twostream.config import ConfigError
+    from twostream.data.io import DataError
     from twostream.engine.checkpoint import CheckpointError
     from twostream.engine.trainer import TrainingError
 
-    errors: list[type[BaseException]] = [ConfigError, CheckpointError, TrainingError, FileNotFoundError]
-    try:
-        from twostream.data.errors import DataError
-
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (ConfigError, CheckpointError, TrainingError, DataError, FileNotFoundError)
 
 
 def run_cli(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], int]) -> int:

@@ -238,6 +238,9 @@ def export_safetensors(checkpoint: str | Path, out_dir: str | Path) -> Path:
     save_file(tensors, str(out / "model.safetensors"),
               metadata={"format": FORMAT, "stage": str(ckpt.get("stage")), "step": str(ckpt.get("step"))})
     save_config(config_from_dict(ckpt["config"], source=str(checkpoint)), out / "config.yaml")
-    (out / "vocabulary.json").write_text(json.dumps({"scenes": ckpt.get("vocabulary", [])}, indent=1))
+    if ckpt.get("vocabulary"):
+        from twostream.data.vocabulary import SceneVocabulary
+
+        SceneVocabulary.from_names(ckpt["vocabulary"]).save(out / "vocabulary.json")
     (out / "class_table.json").write_text(json.dumps(ckpt["class_table"]))
     return out / "model.safetensors"

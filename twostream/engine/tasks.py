@@ -154,7 +154,8 @@ class SegmentationTask(_Task):
     def build_loaders(self) -> Loaders:
         from twostream.data.ade20k import build_datasets
 
-        train_set, val_set, self.vocabulary = build_datasets(self.cfg, need_scenes=False)
+        # Every image with an annotation teaches segmentation; seg configs use data.scenes.mode=all.
+        train_set, val_set, self.vocabulary = build_datasets(self.cfg)
         return self._loaders(train_set, val_set)
 
     def build_model(self) -> nn.Module:
