@@ -96,11 +96,15 @@ _LOOK: dict[str, tuple[tuple[int, int, int], int]] = {
 
 
 def _class_id(name: str) -> int:
-    """ADE20K-150 id of ``name``. objectInfo150 writes multi-word names with ';' between the words
-    (``coffee;table;cocktail;table``), so a multi-word name is matched as a prefix of that form."""
+    """ADE20K-150 id of ``name``. objectInfo150.csv writes multi-word names with ';' between the words
+    (``coffee;table;cocktail;table``), so a multi-word name the table does not know is matched as a prefix of that
+    form; a table with proper multi-word names (``coffee table;cocktail table``) answers directly."""
     table = ade20k150()
-    if " " not in name:
+    try:
         return table.index(name)
+    except KeyError:
+        if " " not in name:
+            raise
     joined = name.replace(" ", ";")
     for i, full in enumerate(table.names):
         if full == joined or full.startswith(joined + ";"):
