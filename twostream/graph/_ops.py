@@ -103,6 +103,11 @@ class NumpyOps:
         return x
 
     @staticmethod
+    def where_node(node: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """``value`` where ``node >= 0``, else -1."""
+        return np.where(node >= 0, value, -1)
+
+    @staticmethod
     def f64(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float64)
 
@@ -202,6 +207,10 @@ class TorchOps:
     @staticmethod
     def asarray(x: np.ndarray, like: Tensor) -> Tensor:
         return torch.from_numpy(x).to(like.device)
+
+    @staticmethod
+    def where_node(node: Tensor, value: Tensor) -> Tensor:
+        return torch.where(node >= 0, value, torch.full_like(value, -1))
 
     @staticmethod
     def f64(x: Tensor) -> Tensor:

@@ -85,6 +85,7 @@ class _Built:
     dst: Any  # (E,)
     boundary: Any  # (E,) touching pixel pairs
     run_node: Any  # (R,) global node of each run, -1 if none
+    node_first: Any  # (B,) global index of each image's first node
     runs: _Runs
 
 
@@ -304,7 +305,9 @@ class SceneGraphBuilder:
                 graph.features = f
         if not return_node_map:
             return graphs
-        node_map = xp.to_torch(xp.repeat(built.run_node, built.runs.length)).view(batch, height, width)
+        # Node ids local to each image (index into that image's graph), -1 for void pixels.
+        local = xp.where_node(built.run_node, built.run_node - built.node_first[built.runs.image])
+        node_map = xp.to_torch(xp.repeat(local, built.runs.length)).view(batch, height, width)
         return graphs, node_map.to(device)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -532,7 +535,7 @@ class SceneGraphBuilder:
         order = xp.argsort((e_img * nmax + src) * nmax + dst)
         return _Built(node_image=node_image, label=node_label, area=area, sum_x2=sum_x2, sum_y2=sum_y2, box=box,
                       edge_image=e_img[order], src=src[order], dst=dst[order], boundary=ucount[order],
-                      run_node=run_node, runs=runs)
+                      run_node=run_node, node_first=first, runs=runs)
 
     def _split(self, built: _Built, xp: Any, batch: int, image_size: tuple[int, int],
                device: torch.device) -> list[SceneGraph]:
