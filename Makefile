@@ -14,7 +14,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,hf]"
+# detectron2 is not on PyPI: install the prebuilt wheel when ../shared/wheels has one (its model zoo needs
+# pkg_resources, which setuptools 81 dropped).
+	$(if $(D2_WHEEL),$(BIN)/python -m pip install -q 'setuptools<81' $(D2_WHEEL))
 # The browser test needs Chromium and its driver: install them when missing and apt-get can (CI runs as root);
 # without Chromium that test is skipped, and this line never fails the build.
 	-@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "note: Chromium not installed; the browser tests will be skipped"

@@ -7,6 +7,7 @@ the segmenter into the scene graph, the GNN's class embedding and every output.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from twostream.config import SegmenterConfig
 from twostream.data.classes import ClassTable
 
-__all__ = ["SEGMENTERS", "Segmenter", "build_segmenter"]
+__all__ = ["SEGMENTERS", "Segmenter", "build_segmenter", "parse_segmenter_spec"]
 
 
 class Segmenter(nn.Module):
@@ -76,6 +77,31 @@ def build_segmenter(cfg: SegmenterConfig, class_table: ClassTable) -> Segmenter:
     segmenter = SEGMENTERS[cfg.kind](cfg, class_table)
     assert isinstance(segmenter, Segmenter), f"{cfg.kind} builder returned {type(segmenter).__name__}"
     return segmenter
+
+
+def parse_segmenter_spec(spec: str, base: SegmenterConfig | None = None) -> SegmenterConfig:
+    """A ``--segmenter`` command-line spec -> :class:`SegmenterConfig` (other fields from ``base`` or defaults).
+
+    Forms: ``hf:NAME`` (hub name or folder), ``detectron2:CONFIG[@WEIGHTS]`` (model-zoo name or .yaml file; weights
+    path or URL, ``none`` = random init), ``upsnet:CHECKPOINT`` (a segmentation-stage checkpoint), ``none``.
+
+        >>> parse_segmenter_spec("detectron2:COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml@model.pkl").d2_weights
+        'model.pkl'
+    """
+    base = base if base is not None else SegmenterConfig()
+    kind, sep, rest = spec.strip().partition(":")
+    kind, rest = kind.strip().lower(), rest.strip()
+    forms = "hf:NAME, detectron2:CONFIG[@WEIGHTS], upsnet:CHECKPOINT or none"
+    if kind == "none" and not rest:
+        return dataclasses.replace(base, kind="none")
+    if not sep or not rest or kind not in SEGMENTERS:
+        raise ValueError(f"--segmenter '{spec}': expected {forms}")
+    if kind == "hf":
+        return dataclasses.replace(base, kind="hf", hf_model=rest)
+    if kind == "detectron2":
+        config, _, weights = rest.partition("@")  # zoo names and config paths carry no '@'; URLs may after it
+        return dataclasses.replace(base, kind="detectron2", d2_config=config.strip(), d2_weights=weights.strip())
+    return dataclasses.replace(base, kind="upsnet", checkpoint=rest)
 
 
 @torch.no_grad()
