@@ -12,13 +12,23 @@ from twostream.models.backbones import BACKBONE_FAMILIES, SwinBackbone, ViTBackb
 
 # Tiny variants through timm kwargs: the real architectures at toy widths, so a CPU test takes milliseconds.
 # zero_init_last=False: timm zeroes each ResNet block's last BN scale, which would zero the gradient of the convs
-# before it at initialisation and hide a broken gradient path from the test below.
+# before it at initialisation and hide a broken gradient path from the test below; drop_path_rate=0: stochastic depth
+# (timm's Swin default 0.1) could drop a block for the whole batch and leave it without gradient.
 TINY = {
     "resnet10t": dict(channels=(16, 32, 64, 128), stem_width=16, zero_init_last=False),
-    "swin_tiny_patch4_window7_224": dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2)),
+    "swin_tiny_patch4_window7_224": dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), drop_path_rate=0.0),
     "vit_tiny_patch16_224": dict(depth=2, embed_dim=64, num_heads=2),
 }
 SIZES = [(128, 128), (96, 160)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # On shared cores two intra-op threads contend with other processes and run small ops up to 10x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=list(TINY))
