@@ -71,11 +71,14 @@ COCO_NAMES = (
 assert len(HF_ADE20K_NAMES) == 150 and len(COCO_NAMES) == 133
 
 
-def _objectinfo150() -> list[str]:
-    if not (ADE_DIR / "objectInfo150.csv").is_file():
+def _objectinfo150() -> dict[str, list[str]]:
+    """The real class names: objectInfo150.csv (``;`` between all words) and objectInfo150.txt (``, `` synonyms)."""
+    if not (ADE_DIR / "objectInfo150.csv").is_file() or not (ADE_DIR / "objectInfo150.txt").is_file():
         pytest.skip(f"real ADE20K reference files not found at {ADE_DIR}")
     with open(ADE_DIR / "objectInfo150.csv", newline="") as f:
-        return [row["Name"] for row in csv.DictReader(f)]
+        csv_names = [row["Name"] for row in csv.DictReader(f)]
+    txt_names = [line.split("\t")[4].strip() for line in (ADE_DIR / "objectInfo150.txt").read_text().splitlines()[1:]]
+    return {"csv": csv_names, "txt": txt_names}
 
 
 def _labels(names) -> dict:
@@ -162,29 +165,38 @@ def photos() -> torch.Tensor:
 # ---- label alignment on real ADE20K names ----------------------------------------------------------------------------
 
 
-def test_project_table_is_objectinfo150():
-    assert list(ade20k150().names[1:]) == _objectinfo150()
-    assert ade20k150().names[0] == "other"
+NAME_SETS = ["hub id2label", "objectInfo150.txt", "objectInfo150.txt first names", "objectInfo150.csv"]
 
 
-@pytest.mark.parametrize("source", ["hub id2label", "objectInfo150 first names", "objectInfo150 full names"])
+def _name_set(source: str) -> list[str]:
+    if source == "hub id2label":
+        return list(HF_ADE20K_NAMES)
+    real = _objectinfo150()
+    if source == "objectInfo150.txt first names":
+        return [n.split(",")[0] for n in real["txt"]]
+    return real["txt"] if source == "objectInfo150.txt" else real["csv"]
+
+
+@pytest.mark.parametrize("source", NAME_SETS)
 def test_ade_names_map_to_label_plus_one(source):
-    csv_names = _objectinfo150()
-    names = {"hub id2label": HF_ADE20K_NAMES, "objectInfo150 first names": [n.split(";")[0] for n in csv_names],
-             "objectInfo150 full names": csv_names}[source]
-    mapping = match_names(names, ade20k150())
+    mapping = match_names(_name_set(source), ade20k150())
     assert mapping == list(range(1, 151))  # every one of the 150: checkpoint channel i -> project label i + 1
 
 
-def test_ade_names_match_by_name_not_position():
-    table = ade20k150()
+@pytest.mark.parametrize("source", NAME_SETS)
+def test_ade_names_match_by_name_not_position(source):
+    names, table = _name_set(source), ade20k150()
     order = np.random.default_rng(0).permutation(150)
-    mapping = match_names([HF_ADE20K_NAMES[i] for i in order], table)
-    assert mapping == [int(i) + 1 for i in order]
-    # names that a synonym lookup would confuse land on their own class
+    assert match_names([names[i] for i in order], table) == [int(i) + 1 for i in order]
+
+
+def test_names_a_synonym_lookup_would_confuse():
+    table = ade20k150()
+    mapping = match_names(HF_ADE20K_NAMES, table)
     for name, label in [("wall", 1), ("building", 2), ("screen door", 59), ("screen", 131), ("crt screen", 142),
                         ("stool", 111), ("pot", 126), ("television receiver", 90), ("chest of drawers", 45)]:
-        assert table.names[mapping[list(order).index(HF_ADE20K_NAMES.index(name))]] == table.names[label], name
+        assert mapping[HF_ADE20K_NAMES.index(name)] == label, name
+        assert name in table.names[label].split(";")  # one of the project's own names for it
 
 
 def test_aligned_logits_shift_by_one_and_other_is_low():
@@ -197,7 +209,7 @@ def test_aligned_logits_shift_by_one_and_other_is_low():
     assert torch.all(out[:, 0] == LOW_LOGIT)
     assert torch.equal(out.argmax(1), logits.argmax(1) + 1)
     target = torch.tensor([[[0, 1, 150, IGNORE_INDEX]]])
-    assert alignment.source_targets(target).tolist() == [[[IGNORE_INDEX, 0, 149, IGNORE_INDEX]]]
+    assert alignment.table_targets(target).tolist() == [[[IGNORE_INDEX, 1, 150, IGNORE_INDEX]]]  # 'other': no loss
 
 
 def test_unmatched_names_fold_into_other_and_are_logged(caplog):
@@ -212,6 +224,12 @@ def test_unmatched_names_fold_into_other_and_are_logged(caplog):
     assert torch.allclose(out[:, 0], torch.logsumexp(logits[:, [0, 5]], dim=1))  # their mass is 'other'
     assert torch.all(out[:, 1] == LOW_LOGIT) and torch.all(out[:, 6] == LOW_LOGIT)  # wall, ceiling: no source
     assert torch.equal(out[:, 2], logits[:, 1])
+    assert alignment.table_targets(torch.tensor([[[0, 1, 2, 6]]])).tolist() == [[[IGNORE_INDEX, IGNORE_INDEX, 2,
+                                                                                 IGNORE_INDEX]]]
+    probs = torch.rand(3, 150)
+    table_probs = alignment.to_table_probs(probs)  # Mask2Former maps class probabilities: folded ones add up
+    assert torch.allclose(table_probs[:, 0], probs[:, [0, 5]].sum(1)) and torch.all(table_probs[:, [1, 6]] == 0)
+    assert torch.equal(table_probs[:, 2], probs[:, 1])
 
 
 def test_coco_names_keep_their_own_table(caplog):

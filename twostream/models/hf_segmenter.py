@@ -25,7 +25,8 @@ argmax is the checkpoint's own prediction and softmax is ``s`` normalised per pi
 Labels are aligned by name (:mod:`twostream.models.label_alignment`): an ADE20K-150 checkpoint (``0 = wall``) maps
 channel ``i`` to project label ``i + 1`` and never predicts ``other``; a checkpoint with another label set keeps its
 own table. ``trainable: true`` fine-tunes the whole model: with targets, ``"losses"`` holds ``loss_sem``, the
-pixel-averaged cross-entropy in the checkpoint's own channels (``other`` and ignored pixels unsupervised).
+pixel-averaged cross-entropy of ``sem_logits`` with ``other``, labels no checkpoint channel feeds and ignored pixels
+unsupervised, which equals the checkpoint's own cross-entropy on its channels.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 
 from twostream.config import SegmenterConfig
 from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150
-from twostream.models.label_alignment import ALIGN_MIN_FRACTION, LabelAlignment, align_labels
+from twostream.models.label_alignment import ALIGN_MIN_FRACTION, LOW_LOGIT, LabelAlignment, align_labels
 from twostream.models.segmenter import Segmenter
 
 __all__ = [
@@ -87,17 +88,22 @@ def _resize_keep_ratio(h: int, w: int, shortest: int, longest: int | None) -> tu
     return shortest, (int(raw * w / h) if raw is not None else int(shortest * w / h))
 
 
-def mask_classification_scores(class_logits: Tensor, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+def mask_classification_scores(class_logits: Tensor, mask_logits: Tensor, size: tuple[int, int],
+                               alignment: LabelAlignment | None = None) -> Tensor:
     """Mask2Former / MaskFormer semantic scores, as their ``post_process_semantic_segmentation``.
 
     Args:
         class_logits: ``(B, Q, C + 1)`` per-query class logits; the last class is "no object".
         mask_logits: ``(B, Q, h, w)`` per-query mask logits.
         size: ``(H, W)`` output size; mask logits are upsampled (bilinear) before the sigmoid.
+        alignment: if given, class probabilities are first mapped onto ``alignment.table`` (scores are linear in
+            them, so this equals mapping the scores; folded classes add up).
     Returns:
-        ``(B, C, H, W)`` scores ``sum_q p(c | q) * sigmoid(mask_q)``, in ``[0, Q]``.
+        ``(B, C, H, W)`` (or ``(B, K, H, W)``) scores ``sum_q p(c | q) * sigmoid(mask_q)``, in ``[0, Q]``.
     """
     probs = class_logits.softmax(dim=-1)[..., :-1]  # (B, Q, C): drop the null class
+    if alignment is not None:
+        probs = alignment.to_table_probs(probs)  # (B, Q, K)
     masks = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False).sigmoid()  # (B, Q, H, W)
     return torch.einsum("bqc,bqhw->bchw", probs, masks)
 
@@ -241,33 +247,34 @@ class HFSegmenter(Segmenter):
             self.model.eval()  # frozen: dropout and batch statistics stay as published
         return self
 
-    def source_logits(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(B, 3, H, W)`` -> checkpoint-channel logits ``(B, C, H, W)`` and decoder features ``(B, C_f, h, w)``."""
-        size = tuple(images.shape[-2:])
-        self._features.clear()
-        out = self.model(pixel_values=self.preprocess(images))
-        if self.output == "semantic":
-            logits = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False)  # (B, C, H, W)
-            features = self._features[-1] if self._features else None
-        else:
-            scores = mask_classification_scores(out.class_queries_logits, out.masks_queries_logits, size)
-            logits = scores.clamp_min(1e-6).log()  # (B, C, H, W): argmax = the checkpoint's, softmax = normalised s
-            features = getattr(out, "pixel_decoder_last_hidden_state", None)
-        self._features.clear()
-        return logits, features
-
     def forward(self, images: Tensor, targets: dict | None = None) -> dict:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"HFSegmenter: expected images (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
         h, w = images.shape[-2:]
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            logits, features = self.source_logits(images)
-            out: dict = {"sem_logits": self.alignment.to_table(logits)}
+            self._features.clear()
+            outputs = self.model(pixel_values=self.preprocess(images))
+            if self.output == "semantic":
+                # map channels at the model's resolution, then upsample once: both are linear, so the order is
+                # free, and the full-resolution tensor is written once
+                table = self.alignment.to_table(outputs.logits)  # (B, K, h', w')
+                sem_logits = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)
+                features = self._features[-1] if self._features else None
+            else:
+                scores = mask_classification_scores(outputs.class_queries_logits, outputs.masks_queries_logits,
+                                                    (h, w), alignment=self.alignment)  # (B, K, H, W)
+                # log scores: argmax is the checkpoint's own prediction, softmax is s normalised per pixel
+                unsourced = self.alignment.unsourced.to(scores.device)[None, :, None, None]
+                sem_logits = scores.clamp_min(1e-6).log().masked_fill(unsourced, LOW_LOGIT)
+                features = getattr(outputs, "pixel_decoder_last_hidden_state", None)
+            self._features.clear()
+            out: dict = {"sem_logits": sem_logits}
             if features is not None:
                 out["features"] = F.interpolate(features, size=(max(1, h // 4), max(1, w // 4)), mode="bilinear",
                                                 align_corners=False)
             if targets is not None and self.trainable:
-                out["losses"] = {"loss_sem": _semantic_loss(logits, self.alignment.source_targets(targets["sem_seg"]))}
+                target = self.alignment.table_targets(targets["sem_seg"])
+                out["losses"] = {"loss_sem": _semantic_loss(sem_logits, target)}
         return out
 
     def extra_repr(self) -> str:

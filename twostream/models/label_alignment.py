@@ -5,17 +5,18 @@ classes from ``0 = wall``; ADEChallengeData2016, and so the project's table (:fu
 counts them from ``1 = wall`` with ``0 = other``. Shifting by one because "it is ADE" breaks silently on a checkpoint
 with another order or another label set, so the mapping is decided by *names*:
 
-1. Names are normalised (lower case; ``-``, ``_`` and runs of whitespace become one space). A checkpoint name may
-   carry synonyms after ``,`` or ``;`` (detectron2 style ``"rock, stone"``). The project's ADE-150 names come from
-   objectInfo150.csv, where ``;`` replaced both the commas and the spaces (``"pool;table;billiard;table"``), so a
-   project class is read as its word sequence.
-2. A checkpoint class matches a project class, strongest first: (3) the whole name is the same word sequence;
-   (2) a synonym is a prefix of the project's words (``"screen door"`` -> ``screen;door;screen``); (1) a synonym
-   occurs inside them (``"television receiver"`` -> ``television;television;receiver;...``). Longer synonyms beat
-   shorter ones at the same strength.
-3. Pairs are assigned greedily, strongest first, one checkpoint class per project class. A tie (two project classes
-   equally good) is broken only by the offset most assigned pairs share (``+1`` for ADE checkpoints); a tie it does
-   not break leaves the class unmatched rather than guessed.
+1. Names are normalised (lower case; ``-``, ``_`` and runs of whitespace become one space) and split into synonyms
+   at ``;`` and, on the checkpoint side, ``,`` (detectron2 style ``"rock, stone"``). The project's names list
+   synonyms after ``;`` (``"pool table;billiard table;snooker table"``); a name is also read as the sequence of all
+   its words, which keeps the matching right for tables written objectInfo150.csv style (``"pool;table;..."``).
+2. A checkpoint class matches a project class, strongest first: (5) the whole name is the same word sequence;
+   (4) one of its synonyms is the project's first name (``"pot"`` -> ``pot;flowerpot``); (3) ... another project
+   synonym (``"tv"`` -> ``television;...;tv``); (2) ... a prefix of the project's words; (1) ... occurs inside them.
+   Longer synonyms beat shorter ones at the same strength.
+3. Pairs are assigned greedily, strongest first, one checkpoint class per project class: a pair is taken when neither
+   side has another candidate at that strength (or the checkpoint class has only this candidate and no other such
+   class wants it). A tie is broken only by the offset most assigned pairs share (``+1`` for ADE checkpoints); a tie
+   it does not break leaves the class unmatched rather than guessed.
 4. **The rule:** if at least :data:`ALIGN_MIN_FRACTION` (90%) of the checkpoint's classes match distinct project
    classes, the segmenter *aligns*: its outputs use the project table, checkpoint channel ``i`` feeds project channel
    ``mapping[i]`` (``i + 1`` for every ADE-150 checkpoint), project classes without a source get :data:`LOW_LOGIT`,
@@ -72,9 +73,11 @@ def normalize_name(name: str) -> str:
     return _SEP_RE.sub(" ", str(name).lower()).strip()
 
 
-def _project_words(name: str) -> tuple[str, ...]:
-    """A project name (objectInfo150 style, ``;`` between words and synonyms) as its word sequence."""
-    return tuple(w for part in name.split(";") for w in normalize_name(part).split())
+def _project_synonyms(name: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """A project name (synonyms after ``;``) -> (all its words, each synonym's words)."""
+    synonyms = [tuple(normalize_name(part).split()) for part in name.split(";")]
+    synonyms = [s for s in synonyms if s]
+    return tuple(w for s in synonyms for w in s), synonyms
 
 
 def _source_synonyms(name: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
@@ -89,19 +92,30 @@ def _contains(words: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
     return any(words[k:k + n] == phrase for k in range(len(words) - n + 1))
 
 
-def _match_score(source: tuple[tuple[str, ...], list[tuple[str, ...]]], target: tuple[str, ...]) -> tuple[int, int]:
-    """(strength 0..3, matched words) of one checkpoint name against one project class's words; (0, 0) = no match."""
+Names = tuple[tuple[str, ...], list[tuple[str, ...]]]
+
+
+def _match_score(source: Names, target: Names) -> tuple[int, int]:
+    """(strength 0..5, matched words) of one checkpoint name against one project class; (0, 0) = no match."""
     whole, synonyms = source
-    if not whole or not target:
+    words, target_synonyms = target
+    if not whole or not words:
         return (0, 0)
-    if whole == target:
-        return (3, len(whole))
+    if whole == words:
+        return (5, len(whole))
     best = (0, 0)
     for s in synonyms:
-        if target[: len(s)] == s:
-            best = max(best, (2, len(s)))
-        elif _contains(target, s):
-            best = max(best, (1, len(s)))
+        if s == target_synonyms[0]:
+            strength = 4
+        elif s in target_synonyms:
+            strength = 3
+        elif words[: len(s)] == s:
+            strength = 2
+        elif _contains(words, s):
+            strength = 1
+        else:
+            continue
+        best = max(best, (strength, len(s)))
     return best
 
 
@@ -145,10 +159,10 @@ def match_names(source_names: Sequence[str], table: ClassTable) -> list[int]:
         per checkpoint class, the matched label of ``table`` or ``-1``; matched labels are distinct.
     """
     sources = [_source_synonyms(n) for n in source_names]
-    targets = [_project_words(n) for n in table.names]
+    targets = [_project_synonyms(n) for n in table.names]
     containing: dict[str, set[int]] = {}  # word -> project classes whose names contain it (prunes the pairs)
-    for p, tgt in enumerate(targets):
-        for word in tgt:
+    for p, (words, _) in enumerate(targets):
+        for word in words:
             containing.setdefault(word, set()).add(p)
     by_score: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i, src in enumerate(sources):
@@ -167,6 +181,9 @@ def match_names(source_names: Sequence[str], table: ClassTable) -> list[int]:
             pairs = [(i, p) for i, p in pairs if mapping[i] < 0 and p not in taken]
             n_src, n_tgt = Counter(i for i, _ in pairs), Counter(p for _, p in pairs)
             unique = [(i, p) for i, p in pairs if n_src[i] == 1 and n_tgt[p] == 1]
+            if not unique:  # a class with a single candidate takes it unless another such class wants it too
+                single = Counter(p for i, p in pairs if n_src[i] == 1)
+                unique = [(i, p) for i, p in pairs if n_src[i] == 1 and single[p] == 1]
             if not unique:
                 return pairs
             for i, p in unique:
@@ -234,6 +251,11 @@ class LabelAlignment:
             index[self.table.background] = c
         return index
 
+    @property
+    def unsourced(self) -> Tensor:
+        """``(K,)`` bool: table labels no checkpoint channel feeds (they get :data:`LOW_LOGIT`)."""
+        return self.gather_index() == self.num_source + 1
+
     def to_table(self, logits: Tensor) -> Tensor:
         """``(B, C, H, W)`` checkpoint logits -> ``(B, K, H, W)`` logits over ``self.table`` (differentiable).
 
@@ -255,16 +277,29 @@ class LabelAlignment:
         extended = torch.cat([logits, folded, low], dim=1)  # (B, C + 2, H, W)
         return extended.index_select(1, self.gather_index().to(logits.device))
 
-    def source_targets(self, target: Tensor) -> Tensor:
-        """``(B, H, W)`` int64 labels of ``self.table`` -> checkpoint channel ids; labels without exactly one source
-        channel (``other`` of an ADE checkpoint, folded labels) and ``IGNORE_INDEX`` become ``IGNORE_INDEX``."""
-        lut = torch.full((max(len(self.table), IGNORE_INDEX + 1),), IGNORE_INDEX, dtype=torch.long)
+    def to_table_probs(self, probs: Tensor) -> Tensor:
+        """``(..., C)`` class probabilities -> ``(..., K)``: mapped copied, folded summed, unsourced 0."""
+        if probs.shape[-1] != self.num_source:
+            raise ValueError(f"LabelAlignment: probabilities have {probs.shape[-1]} classes, the checkpoint names "
+                             f"{self.num_source}")
+        zero = probs.new_zeros((*probs.shape[:-1], 1))
+        fold = self._fold_channels()
+        folded = probs[..., fold].sum(dim=-1, keepdim=True) if fold else zero
+        extended = torch.cat([probs, folded, zero], dim=-1)  # (..., C + 2)
+        return extended.index_select(-1, self.gather_index().to(probs.device))
+
+    def table_targets(self, target: Tensor) -> Tensor:
+        """``(B, H, W)`` int64 labels of ``self.table`` with the labels a loss cannot supervise set to
+        ``IGNORE_INDEX``: the background (``other``: an ADE checkpoint has no such class; folded channels are not
+        one class) and labels fed by no checkpoint channel. A cross-entropy on :meth:`to_table` logits with these
+        targets equals the checkpoint's own cross-entropy on its channels."""
+        keep = torch.zeros(max(len(self.table), IGNORE_INDEX + 1), dtype=torch.bool)
         counts = Counter(m for m in self.mapping if m >= 0)
-        for src, dst in enumerate(self.mapping):
-            if dst >= 0 and counts[dst] == 1 and dst != self.table.background:
-                lut[dst] = src
-        lut = lut.to(target.device)
-        return lut[target.long().clamp(0, len(lut) - 1)]
+        for dst, n in counts.items():
+            keep[dst] = n == 1 and dst != self.table.background
+        keep = keep.to(target.device)
+        target = target.long()
+        return torch.where(keep[target.clamp(0, len(keep) - 1)], target, IGNORE_INDEX)
 
 
 def align_labels(source_names: Sequence[str], project_table: ClassTable, *, table_name: str,
