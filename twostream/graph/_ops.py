@@ -70,6 +70,10 @@ class NumpyOps:
         return np.unique(x, return_counts=True)
 
     @staticmethod
+    def unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.unique(x, return_inverse=True)
+
+    @staticmethod
     def argsort(x: np.ndarray) -> np.ndarray:
         return np.argsort(x, kind="stable")
 
@@ -178,6 +182,10 @@ class TorchOps:
     @staticmethod
     def unique_counts(x: Tensor) -> tuple[Tensor, Tensor]:
         return torch.unique(x, sorted=True, return_counts=True)
+
+    @staticmethod
+    def unique_inverse(x: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.unique(x, sorted=True, return_inverse=True)
 
     @staticmethod
     def argsort(x: Tensor) -> Tensor:

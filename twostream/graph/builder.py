@@ -333,12 +333,16 @@ class SceneGraphBuilder:
     def _prepare_numpy(self, array: np.ndarray) -> np.ndarray:
         dtype, top = self._narrow_dtype()
         if array.dtype != dtype:
-            # A narrowing cast would wrap out-of-range labels onto valid ones: range-check first (exact checks of
-            # every label against the table happen on the runs, which are far fewer than pixels).
+            # A narrowing cast would wrap out-of-range labels onto valid ones: range-check first (the exact check of
+            # every label against the table happens on the runs, which are far fewer than pixels).
             if array.size:
-                lo, hi = int(array.min()), int(array.max())
-                if lo < 0 or hi > top:
-                    raise self._label_error(hi, lo)
+                if array.dtype.kind == "i":  # one pass: viewed as unsigned, negative labels become huge
+                    out_of_range = int(array.view(array.dtype.str.replace("i", "u")).max()) > top
+                else:
+                    out_of_range = int(array.max()) > top
+                if out_of_range:
+                    bad = array[(array < 0) | (array > top)]
+                    raise self._label_error(int(bad.max()), int(bad.min()))
             array = array.astype(dtype)
         return np.ascontiguousarray(array)
 
@@ -365,12 +369,17 @@ class SceneGraphBuilder:
         length = xp.cat([start[1:], xp.full(1, total, start)]) - start  # a row's last run ends at the next row start
         label = xp.i64(lab.reshape(-1)[start])
         row = start // width  # global row over the batch
-        rows = xp.arange(batch * height, start)  # small tables instead of two more divisions per run
-        return _Runs(start=start, length=length, label=label, image=(rows // height)[row], y=(rows % height)[row],
-                     x0=start - row * width)
+        if batch == 1:
+            image, y = xp.full(int(start.shape[0]), 0, start), row
+        else:
+            rows = xp.arange(batch * height, start)  # small tables instead of two more divisions per run
+            image, y = (rows // height)[row], (rows % height)[row]
+        return _Runs(start=start, length=length, label=label, image=image, y=y, x0=start - row * width)
 
     def _check_labels(self, runs: _Runs, xp: Any) -> None:
         """Every label must be a class of the table or the ignore label (checked on runs: one entry per run)."""
+        if int(runs.label.max()) < len(self.class_table):
+            return
         bad = runs.label >= len(self.class_table)
         if self.ignore_index is not None:
             bad &= runs.label != self.ignore_index
@@ -378,51 +387,76 @@ class SceneGraphBuilder:
             values = runs.label[bad]
             raise self._label_error(int(values.max()), int(values.min()))
 
-    def _offset_pairs(self, cmp: Any, xp: Any, dy: int, dx: int) -> tuple[Any, Any]:
-        """Flat indices ``(pa, pb)`` of the pixel pairs at offset ``(dy, dx)`` whose values in ``cmp`` differ."""
-        batch, height, width = cmp.shape
-        xa0, xa1 = max(0, -dx), width - max(0, dx)
-        if xa1 <= xa0 or dy >= height:
-            empty = xp.full(0, 0, cmp)
-            return empty, empty
-        a = cmp[:, : height - dy, xa0:xa1]
-        b = cmp[:, dy:, xa0 + dx: xa1 + dx]
-        q = xp.flatnonzero(a != b)  # in the (B, H - dy, W') grid
-        span = xa1 - xa0
-        row = q // span
-        rows = xp.arange(batch * (height - dy), q)
-        img = rows // (height - dy)
-        row_base = (img * height + (rows - img * (height - dy))) * width + xa0  # flat index of each grid row's start
-        pa = row_base[row] + (q - row * span)
-        return pa, pa + dy * width + dx
+    def _offset_values(self, cmp: Any, xp: Any, dy: int, dx: int) -> tuple[Any, Any, Any]:
+        """Values of ``cmp (B, H, W)`` at both ends of the pixel pairs at offset ``(dy, dx)`` that differ, and each
+        pair's image (``None`` for a batch of one).
 
-    def _regions(self, lab: Any, runs: _Runs, start_mask: Any, xp: Any) -> Any:
+        The contiguous map is compared with itself shifted by ``d = dy * W + dx`` as one flat array (no strided
+        copies); the few differing "pairs" that wrap around a row or an image edge are dropped afterwards.
+        """
+        batch, height, width = cmp.shape
+        d = dy * width + dx
+        flat = cmp.reshape(-1)
+        if abs(dx) >= width or dy >= height or d >= flat.shape[0]:
+            empty = xp.full(0, 0, cmp)
+            return empty, empty, (empty if batch > 1 else None)
+        q = xp.flatnonzero(flat[:-d] != flat[d:])
+        if dx != 0 or batch > 1:
+            row = q // width
+            x = q - row * width
+            keep = (x + dx >= 0) & (x + dx < width)
+            if batch > 1:  # one image's last rows against the next image's first rows
+                keep &= (row % height) + dy < height
+            q = q[keep]
+        return flat[q], flat[q + d], (q // (height * width) if batch > 1 else None)
+
+    def _segments(self, runs: _Runs, start_mask: Any, xp: Any, dx: int) -> tuple[Any, Any, Any]:
+        """Pixel pairs ``(y, x)``-``(y + 1, x + dx)`` grouped into segments along which both pixels stay in the same
+        runs: the run above, the run below and the number of pixel pairs of each segment.
+
+        A segment starts at every run start of either row (and at the first column), so one entry per segment finds
+        every pair of runs touching at this offset, and its length is their number of touching pixel pairs.
+        """
+        batch, height, width = start_mask.shape
+        xa0, xa1 = max(0, -dx), width - max(0, dx)
+        span = xa1 - xa0
+        top = start_mask[:, :-1, xa0:xa1]  # (B, H-1, W')
+        bottom = start_mask[:, 1:, xa0 + dx: xa1 + dx]
+        brk = top | bottom
+        brk[:, :, 0] = True
+        q = xp.flatnonzero(brk)  # in the (B, H-1, W') grid; each grid row starts with a breakpoint
+        length = xp.cat([q[1:], xp.full(1, batch * (height - 1) * span, q)]) - q
+        if dx == 0:
+            # Every run start of rows 0..H-2 (top) and 1..H-1 (bottom) is a breakpoint, so counting them along the
+            # breakpoints numbers the runs: no search needed. Across images, skip the rows the views leave out.
+            above = xp.i64(top.reshape(-1)[q]).cumsum(0) - 1
+            below = xp.i64(bottom.reshape(-1)[q]).cumsum(0) - 1
+            first_row = xp.i64(start_mask[:, 0].sum(1))  # (B,) runs in each image's first and last row
+            if batch == 1:
+                return above, below + first_row[0], length
+            last_row = xp.i64(start_mask[:, -1].sum(1))
+            img = q // ((height - 1) * span)
+            skipped_above = xp.cat([xp.full(1, 0, q), last_row.cumsum(0)[:-1]])
+            return above + skipped_above[img], below + first_row.cumsum(0)[img], length
+        row = q // span
+        rows = xp.arange(batch * (height - 1), q)
+        img = rows // (height - 1)
+        pa = ((img * height + (rows - img * (height - 1))) * width + xa0)[row] + (q - row * span)
+        ra = xp.searchsorted_right(runs.start, pa) - 1
+        rb = xp.searchsorted_right(runs.start, pa + width + dx) - 1
+        return ra, rb, length
+
+    def _regions(self, runs: _Runs, segments: list[tuple[Any, Any, Any]], xp: Any) -> Any:
         """``(R,)`` root of each run's connected region: the region's smallest run index (union-find over runs)."""
-        batch, height, width = lab.shape
         num_runs = int(runs.start.shape[0])
+        parent = xp.arange(num_runs, runs.start)
+        if not segments:
+            return parent
         us, vs = [], []
-        for _, dx in self._union_offsets:  # dy == 1: runs of consecutive rows
-            xa0, xa1 = max(0, -dx), width - max(0, dx)
-            if height < 2 or xa1 <= xa0:
-                continue
-            # Between two breakpoints (a run start in either row) the pair (run above, run below) is constant, so
-            # one position per such segment finds every pair of runs that touch at this offset.
-            brk = start_mask[:, :-1, xa0:xa1] | start_mask[:, 1:, xa0 + dx: xa1 + dx]  # (B, H-1, W')
-            brk[:, :, 0] = True
-            q = xp.flatnonzero(brk)
-            span = xa1 - xa0
-            row = q // span
-            rows = xp.arange(batch * (height - 1), q)
-            img = rows // (height - 1)
-            pa = ((img * height + (rows - img * (height - 1))) * width + xa0)[row] + (q - row * span)
-            ra = xp.searchsorted_right(runs.start, pa) - 1
-            rb = xp.searchsorted_right(runs.start, pa + width + dx) - 1
+        for ra, rb, _ in segments:
             keep = runs.label[ra] == runs.label[rb]
             us.append(ra[keep])
             vs.append(rb[keep])
-        parent = xp.arange(num_runs, runs.start)
-        if not us:
-            return parent
         u, v = xp.cat(us), xp.cat(vs)
         # Hook each larger root under the smallest root it touches, then jump pointers until every run points at a
         # root. Roots only decrease, so this terminates; ADE20K-like maps need a handful of rounds.
@@ -433,8 +467,8 @@ class SceneGraphBuilder:
                 return parent
             u, v, pu, pv = u[differ], v[differ], pu[differ], pv[differ]
             xp.scatter_min_(parent, xp.maximum(pu, pv), xp.minimum(pu, pv))
-            while True:
-                grand = parent[parent]
+            while True:  # two jumps per convergence check: chains are ~H runs deep after the first hooking
+                grand = parent[parent][parent[parent]]
                 if bool((grand == parent).all()):
                     break
                 parent = grand
@@ -449,14 +483,16 @@ class SceneGraphBuilder:
 
         # Nodes: group the runs (class: by (image, label); region: by connected region), keep the node groups.
         if self.granularity == "class":
-            group = runs.image * nv + runs.label
+            group = runs.label if batch == 1 else runs.image * nv + runs.label
             num_groups = batch * nv
             group_area = xp.segment_sum(group, runs.length, num_groups)
-            keep = (group_area > 0) & is_node[xp.arange(num_groups, group) % nv]
+            keep = (group_area > 0) & (is_node if batch == 1 else is_node[xp.arange(num_groups, group) % nv])
             node_groups = xp.flatnonzero(keep)  # ascending: by image, then label
             node_image, node_label = node_groups // nv, node_groups % nv
         else:
-            group = self._regions(lab, runs, start_mask, xp)
+            segments = ([self._segments(runs, start_mask, xp, dx) for _, dx in self._union_offsets]
+                        if height > 1 else [])
+            group = self._regions(runs, segments, xp)
             num_groups = int(group.shape[0])
             group_area = xp.segment_sum(group, runs.length, num_groups)  # non-zero only at roots
             keep = (group_area >= max(self.min_area, 1)) & is_node[runs.label]
@@ -468,74 +504,103 @@ class SceneGraphBuilder:
         group_node = xp.full(num_groups, -1, group)
         group_node[node_groups] = xp.arange(num_nodes, group)
         run_node = group_node[group]  # (R,)
+        per_image = xp.count(node_image, batch)
+        first = xp.cat([xp.full(1, 0, per_image), per_image.cumsum(0)[:-1]])  # (B,) first node of each image
 
-        # Geometry: segment sums / minima / maxima over the runs of each node (integers, exact).
-        sel = run_node >= 0
-        node, length, x0, y = run_node[sel], runs.length[sel], runs.x0[sel], runs.y[sel]
-        area = xp.segment_sum(node, length, num_nodes)
-        sum_x2 = xp.segment_sum(node, length * (2 * x0 + length), num_nodes)  # 2 * sum of (x + 0.5) over the run
-        sum_y2 = xp.segment_sum(node, length * (2 * y + 1), num_nodes)
-        box = (xp.segment_min(node, x0, num_nodes, fill=width), xp.segment_min(node, y, num_nodes, fill=height),
-               xp.segment_max(node, x0 + length, num_nodes, fill=0), xp.segment_max(node, y + 1, num_nodes, fill=0))
+        # Geometry: segment sums / minima / maxima over the runs of each group (integers, exact), then the nodes'.
+        length, x0, y = runs.length, runs.x0, runs.y
+        area = group_area[node_groups]
+        sum_x2 = xp.segment_sum(group, length * (2 * x0 + length), num_groups)[node_groups]  # 2 * sum of (x + 0.5)
+        sum_y2 = xp.segment_sum(group, length * (2 * y + 1), num_groups)[node_groups]
+        box = tuple(v[node_groups] for v in (
+            xp.segment_min(group, x0, num_groups, fill=width), xp.segment_min(group, y, num_groups, fill=height),
+            xp.segment_max(group, x0 + length, num_groups, fill=0), xp.segment_max(group, y + 1, num_groups, fill=0)))
 
-        # Edges: node pairs of every touching pixel pair in the half neighbourhood.
-        if self.granularity == "region" and self.tolerance > 0:
-            # Two regions of one class can touch within the tolerance: compare node ids, not labels.
-            cmp = xp.repeat(run_node, runs.length).reshape(batch, height, width)
-            flat_nodes = cmp.reshape(-1)
-
-            def lookup(p: Any) -> Any:
-                return flat_nodes[p]
-        elif self.granularity == "region":
-            # Without tolerance, touching pixels of different regions always differ in label (same-label neighbours
-            # are one region), so label differences find every pair; the run holding a pixel gives its node.
-            cmp = lab
-
-            def lookup(p: Any) -> Any:
-                return run_node[xp.searchsorted_right(runs.start, p) - 1]
+        # Edges: count touching pixel pairs per pair of nodes, over the half neighbourhood.
+        if self.granularity == "class":
+            na, nb, weight = self._class_pairs(lab, runs, group_node, xp)
         else:
-            cmp = lab
-            flat_lab = lab.reshape(-1)
+            na, nb, weight = self._region_pairs(lab, runs, run_node, segments, xp)
+        src, dst, e_img, boundary = self._edges(na, nb, weight, node_image, first, per_image, batch, xp)
+        return _Built(node_image=node_image, label=node_label, area=area, sum_x2=sum_x2, sum_y2=sum_y2, box=box,
+                      edge_image=e_img, src=src, dst=dst, boundary=boundary, run_node=run_node, node_first=first,
+                      runs=runs)
 
-            def lookup(p: Any) -> Any:
-                return group_node[(p // (height * width)) * nv + xp.i64(flat_lab[p])]
-
-        nas, nbs = [], []
+    def _class_pairs(self, lab: Any, runs: _Runs, group_node: Any, xp: Any) -> tuple[Any, Any, Any]:
+        """Class granularity: touching pixel pairs counted per (image, label, label) code, then mapped to nodes."""
+        batch = lab.shape[0]
+        nv = self._num_values
+        codes = []
         for dy, dx in self._edge_offsets:
             if (dy, dx) == (0, 1):  # horizontal neighbours that differ are exactly consecutive runs of one row
                 same_row = runs.x0[1:] != 0
-                na, nb = run_node[:-1][same_row], run_node[1:][same_row]
+                a, b = runs.label[:-1][same_row], runs.label[1:][same_row]
+                img = runs.image[1:][same_row] if batch > 1 else None
             else:
-                pa, pb = self._offset_pairs(cmp, xp, dy, dx)
-                na, nb = lookup(pa), lookup(pb)
-            both = (na >= 0) & (nb >= 0)
-            nas.append(na[both])
-            nbs.append(nb[both])
-        na, nb = xp.cat(nas), xp.cat(nbs)
+                a, b, img = self._offset_values(lab, xp, dy, dx)
+                a, b = xp.i64(a), xp.i64(b)
+            code = a * nv + b
+            codes.append(code if img is None else code + img * (nv * nv))
+        ucode, ucount = self._count_codes(xp.cat(codes), None, batch * nv * nv, xp)
+        img = ucode // (nv * nv)
+        a, b = (ucode // nv) % nv, ucode % nv
+        na, nb = group_node[img * nv + a], group_node[img * nv + b]  # -1 for void labels
+        keep = (na >= 0) & (nb >= 0)
+        return na[keep], nb[keep], ucount[keep]
 
-        # Count pixel pairs per unordered node pair: one integer code (image, low, high) per pair.
-        per_image = xp.count(node_image, batch)
-        first = xp.cat([xp.full(1, 0, per_image), per_image.cumsum(0)[:-1]])
+    def _region_pairs(self, lab: Any, runs: _Runs, run_node: Any, segments: list, xp: Any) -> tuple[Any, Any, Any]:
+        """Region granularity: node pairs of touching pixels with their number of pixel pairs."""
+        batch, height, width = lab.shape
+        same_row = runs.x0[1:] != 0  # a row's node changes only where its label does: between consecutive runs
+        nas, nbs = [run_node[:-1][same_row]], [run_node[1:][same_row]]
+        weights = [xp.full(int(nas[0].shape[0]), 1, runs.start)]
+        if self.tolerance == 0:
+            # Offsets (1, dx) are the union segments: pairs of runs of different labels, with their pair counts.
+            # (Touching pixels of different regions always differ in label: same-label neighbours are one region.)
+            for ra, rb, length in segments:
+                differ = runs.label[ra] != runs.label[rb]
+                nas.append(run_node[ra[differ]])
+                nbs.append(run_node[rb[differ]])
+                weights.append(length[differ])
+        else:
+            # Two regions of one class can touch within the tolerance: compare node ids, not labels.
+            node_map = xp.repeat(run_node, runs.length).reshape(batch, height, width)
+            for dy, dx in self._edge_offsets[1:]:  # [0] is (0, 1), done above
+                na, nb, _ = self._offset_values(node_map, xp, dy, dx)
+                nas.append(na)
+                nbs.append(nb)
+                weights.append(xp.full(int(na.shape[0]), 1, na))
+        na, nb, weight = xp.cat(nas), xp.cat(nbs), xp.cat(weights)
+        both = (na >= 0) & (nb >= 0)
+        return na[both], nb[both], weight[both]
+
+    def _count_codes(self, code: Any, weight: Any, space: int, xp: Any) -> tuple[Any, Any]:
+        """Distinct codes (sorted) and their counts (or summed ``weight``): ``bincount`` over a small code space,
+        a sort (``unique``) over a large one."""
+        if space <= max(1 << 17, 4 * int(code.shape[0])):
+            counts = xp.count(code, space) if weight is None else xp.segment_sum(code, weight, space)
+            ucode = xp.flatnonzero(counts > 0)  # nonzero of a bool mask: several times faster than of integers
+            return ucode, counts[ucode]
+        if weight is None:
+            return xp.unique_counts(code)
+        ucode, inverse = xp.unique_inverse(code)
+        return ucode, xp.segment_sum(inverse, weight, int(ucode.shape[0]))
+
+    def _edges(self, na: Any, nb: Any, weight: Any, node_image: Any, first: Any, per_image: Any, batch: int,
+               xp: Any) -> tuple[Any, Any, Any, Any]:
+        """Directed edges ``(src, dst)`` local to their image, sorted by (image, src, dst), and their boundary."""
         nmax = max(int(per_image.max()), 1)
         img = node_image[na]
         la, lb = na - first[img], nb - first[img]
         code = (img * nmax + xp.minimum(la, lb)) * nmax + xp.maximum(la, lb)
-        space = batch * nmax * nmax
-        if space <= max(1 << 16, 4 * int(code.shape[0])):
-            counts = xp.count(code, space)
-            ucode = xp.flatnonzero(counts)
-            ucount = counts[ucode]
-        else:
-            ucode, ucount = xp.unique_counts(code)
+        ucode, ucount = self._count_codes(code, weight, batch * nmax * nmax, xp)
         e_img = ucode // (nmax * nmax)
         rest = ucode - e_img * (nmax * nmax)
         lo, hi = rest // nmax, rest % nmax
         # Both directions, sorted by (image, source, target).
         src, dst, e_img, ucount = xp.cat([lo, hi]), xp.cat([hi, lo]), xp.cat([e_img, e_img]), xp.cat([ucount, ucount])
         order = xp.argsort((e_img * nmax + src) * nmax + dst)
-        return _Built(node_image=node_image, label=node_label, area=area, sum_x2=sum_x2, sum_y2=sum_y2, box=box,
-                      edge_image=e_img[order], src=src[order], dst=dst[order], boundary=ucount[order],
-                      run_node=run_node, node_first=first, runs=runs)
+        return src[order], dst[order], e_img[order], ucount[order]
 
     def _split(self, built: _Built, xp: Any, batch: int, image_size: tuple[int, int],
                device: torch.device) -> list[SceneGraph]:
