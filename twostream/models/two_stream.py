@@ -290,6 +290,10 @@ def build_model(cfg: Config, num_scenes: int, class_table: ClassTable) -> TwoStr
         image_dim = image_encoder.token_dim if m.fusion.type == "cross_attention" else image_encoder.num_features
         fusion = build_fusion(m.fusion, image_dim, graph_encoder.num_features)
 
+    if m.segmenter.trainable and segmenter is not None and not (cfg.graph.pool_features or m.shared_backbone):
+        # graphs come from an argmax: without pooled features or a shared backbone no gradient reaches the segmenter
+        log.warning("model.segmenter.trainable is set, but the segmenter only feeds the model through the argmax of "
+                    "its logits, which has no gradient; set graph.pool_features=true or model.shared_backbone=true")
     model = TwoStreamClassifier(
         num_scenes=num_scenes, segmenter=segmenter, builder=builder, graph_encoder=graph_encoder,
         image_encoder=image_encoder, fusion=fusion, segmenter_trainable=m.segmenter.trainable,
