@@ -1,16 +1,18 @@
 """Semantic map -> scene graph, vectorised: numpy on the CPU, torch on a GPU; one map or a batch at a time.
 
-The builder never loops over pixels or nodes. It works on *runs* (maximal horizontal stretches of one label in one
-row; a 512x512 ADE20K-like map has ~10k of them against 262k pixels):
+The builder never loops over pixels or nodes. It works on *runs* (:mod:`twostream.graph.runs`: maximal horizontal
+stretches of one label in one row; a 512x512 ADE20K-like map has ~10k of them against 262k pixels):
 
 1. Runs come from one comparison of each row with itself shifted by one pixel, and one ``flatnonzero``.
-2. Per-node statistics (area, centroid, bbox) are segment sums / minima / maxima over runs.
-3. Regions (``granularity="region"``) are connected components of the graph whose nodes are runs and whose edges join
-   same-label runs that touch across two rows; a vectorised union-find (hook to the smaller root, then pointer
-   jumping) labels them in a few rounds.
-4. Edges come from comparing the label map with itself shifted by each offset of the neighbourhood: the positions
-   where the labels differ are the touching pixel pairs; they are encoded ``(image, node_a, node_b)`` as one integer
-   and counted with ``bincount`` (or ``unique`` when the code space is large).
+2. Nodes group runs: by label (``class``), or by connected region (``region``: a vectorised union-find over the
+   runs of consecutive rows that touch, hooking to the smaller root and jumping pointers, a few rounds).
+   Per-node geometry (area, centroid, bbox) is segment sums / minima / maxima over the runs: exact integers.
+3. Edges count touching pixel pairs. Horizontal pairs are consecutive runs of a row. Other offsets compare the map
+   with itself shifted (one flat comparison and ``flatnonzero`` per offset); 8-connected diagonals of a label map are
+   found beside run starts and vertical changes without another pass; for regions the pairs across rows come from
+   the union-find's run segments with their lengths. Pairs are encoded as one integer ``(image, a, b)`` and counted
+   with ``bincount`` (``unique`` when the code space is large).
+4. Optional node features are pooled from a feature map per run (:mod:`twostream.graph.pooling`).
 
 A batch ``(B, H, W)`` is processed as one array: node and run indices are global over the batch and split per image
 at the end, so a batch on a GPU costs a handful of kernel launches rather than ``B`` times as many.
@@ -27,6 +29,15 @@ from torch import Tensor
 
 from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150
 from twostream.graph._ops import NumpyOps, TorchOps
+from twostream.graph.pooling import pool_run_features
+from twostream.graph.runs import (
+    Runs,
+    connected_runs,
+    diagonal_positions,
+    find_runs,
+    offset_positions,
+    run_segments,
+)
 from twostream.graph.scene_graph import SceneGraph
 
 __all__ = ["BUILDER_VERSION", "GRANULARITIES", "SceneGraphBuilder", "neighbourhood_offsets"]
@@ -59,18 +70,6 @@ def neighbourhood_offsets(connectivity: int, radius: int = 1) -> list[tuple[int,
 
 
 @dataclass
-class _Runs:
-    """Runs of a ``(B, H, W)`` map (``R`` runs, raster order over the batch): flat start, length, label, position."""
-
-    start: Any  # (R,) int64 flat index of the run's first pixel in the (B, H, W) map
-    length: Any  # (R,) int64
-    label: Any  # (R,) int64
-    image: Any  # (R,) int64 batch index
-    y: Any  # (R,) int64 row
-    x0: Any  # (R,) int64 first column
-
-
-@dataclass
 class _Built:
     """Graphs of a whole batch, concatenated (``N`` nodes, ``E`` directed edges over the batch)."""
 
@@ -86,7 +85,7 @@ class _Built:
     boundary: Any  # (E,) touching pixel pairs
     run_node: Any  # (R,) global node of each run, -1 if none
     node_first: Any  # (B,) global index of each image's first node
-    runs: _Runs
+    runs: Runs
 
 
 def _as_label_array(sem_maps: Any, what: str) -> np.ndarray | Tensor:
@@ -300,7 +299,7 @@ class SceneGraphBuilder:
         built = self._build(lab, xp)
         graphs = self._split(built, xp, batch, (height, width), device)
         if features is not None:
-            pooled = _pool_features(built, xp, features, (height, width))
+            pooled = pool_run_features(built.runs, built.run_node, built.area, xp, features, (height, width))
             for graph, f in zip(graphs, pooled.split([g.num_nodes for g in graphs])):
                 graph.features = f
         if not return_node_map:
@@ -362,21 +361,7 @@ class SceneGraphBuilder:
     # The vectorised core (one code path for numpy and torch)
     # ----------------------------------------------------------------------------------------------------------------
 
-    def _runs(self, lab: Any, start_mask: Any, xp: Any) -> _Runs:
-        batch, height, width = lab.shape
-        start = xp.flatnonzero(start_mask)  # (R,) raster order
-        total = batch * height * width
-        length = xp.cat([start[1:], xp.full(1, total, start)]) - start  # a row's last run ends at the next row start
-        label = xp.i64(lab.reshape(-1)[start])
-        row = start // width  # global row over the batch
-        if batch == 1:
-            image, y = xp.full(int(start.shape[0]), 0, start), row
-        else:
-            rows = xp.arange(batch * height, start)  # small tables instead of two more divisions per run
-            image, y = (rows // height)[row], (rows % height)[row]
-        return _Runs(start=start, length=length, label=label, image=image, y=y, x0=start - row * width)
-
-    def _check_labels(self, runs: _Runs, xp: Any) -> None:
+    def _check_labels(self, runs: Runs, xp: Any) -> None:
         """Every label must be a class of the table or the ignore label (checked on runs: one entry per run)."""
         if int(runs.label.max()) < len(self.class_table):
             return
@@ -387,96 +372,10 @@ class SceneGraphBuilder:
             values = runs.label[bad]
             raise self._label_error(int(values.max()), int(values.min()))
 
-    def _offset_values(self, cmp: Any, xp: Any, dy: int, dx: int) -> tuple[Any, Any, Any]:
-        """Values of ``cmp (B, H, W)`` at both ends of the pixel pairs at offset ``(dy, dx)`` that differ, and each
-        pair's image (``None`` for a batch of one).
-
-        The contiguous map is compared with itself shifted by ``d = dy * W + dx`` as one flat array (no strided
-        copies); the few differing "pairs" that wrap around a row or an image edge are dropped afterwards.
-        """
-        batch, height, width = cmp.shape
-        d = dy * width + dx
-        flat = cmp.reshape(-1)
-        if abs(dx) >= width or dy >= height or d >= flat.shape[0]:
-            empty = xp.full(0, 0, cmp)
-            return empty, empty, (empty if batch > 1 else None)
-        q = xp.flatnonzero(flat[:-d] != flat[d:])
-        if dx != 0 or batch > 1:
-            row = q // width
-            x = q - row * width
-            keep = (x + dx >= 0) & (x + dx < width)
-            if batch > 1:  # one image's last rows against the next image's first rows
-                keep &= (row % height) + dy < height
-            q = q[keep]
-        return flat[q], flat[q + d], (q // (height * width) if batch > 1 else None)
-
-    def _segments(self, runs: _Runs, start_mask: Any, xp: Any, dx: int) -> tuple[Any, Any, Any]:
-        """Pixel pairs ``(y, x)``-``(y + 1, x + dx)`` grouped into segments along which both pixels stay in the same
-        runs: the run above, the run below and the number of pixel pairs of each segment.
-
-        A segment starts at every run start of either row (and at the first column), so one entry per segment finds
-        every pair of runs touching at this offset, and its length is their number of touching pixel pairs.
-        """
-        batch, height, width = start_mask.shape
-        xa0, xa1 = max(0, -dx), width - max(0, dx)
-        span = xa1 - xa0
-        top = start_mask[:, :-1, xa0:xa1]  # (B, H-1, W')
-        bottom = start_mask[:, 1:, xa0 + dx: xa1 + dx]
-        brk = top | bottom
-        brk[:, :, 0] = True
-        q = xp.flatnonzero(brk)  # in the (B, H-1, W') grid; each grid row starts with a breakpoint
-        length = xp.cat([q[1:], xp.full(1, batch * (height - 1) * span, q)]) - q
-        if dx == 0:
-            # Every run start of rows 0..H-2 (top) and 1..H-1 (bottom) is a breakpoint, so counting them along the
-            # breakpoints numbers the runs: no search needed. Across images, skip the rows the views leave out.
-            above = xp.i64(top.reshape(-1)[q]).cumsum(0) - 1
-            below = xp.i64(bottom.reshape(-1)[q]).cumsum(0) - 1
-            first_row = xp.i64(start_mask[:, 0].sum(1))  # (B,) runs in each image's first and last row
-            if batch == 1:
-                return above, below + first_row[0], length
-            last_row = xp.i64(start_mask[:, -1].sum(1))
-            img = q // ((height - 1) * span)
-            skipped_above = xp.cat([xp.full(1, 0, q), last_row.cumsum(0)[:-1]])
-            return above + skipped_above[img], below + first_row.cumsum(0)[img], length
-        row = q // span
-        rows = xp.arange(batch * (height - 1), q)
-        img = rows // (height - 1)
-        pa = ((img * height + (rows - img * (height - 1))) * width + xa0)[row] + (q - row * span)
-        ra = xp.searchsorted_right(runs.start, pa) - 1
-        rb = xp.searchsorted_right(runs.start, pa + width + dx) - 1
-        return ra, rb, length
-
-    def _regions(self, runs: _Runs, segments: list[tuple[Any, Any, Any]], xp: Any) -> Any:
-        """``(R,)`` root of each run's connected region: the region's smallest run index (union-find over runs)."""
-        num_runs = int(runs.start.shape[0])
-        parent = xp.arange(num_runs, runs.start)
-        if not segments:
-            return parent
-        us, vs = [], []
-        for ra, rb, _ in segments:
-            keep = runs.label[ra] == runs.label[rb]
-            us.append(ra[keep])
-            vs.append(rb[keep])
-        u, v = xp.cat(us), xp.cat(vs)
-        # Hook each larger root under the smallest root it touches, then jump pointers until every run points at a
-        # root. Roots only decrease, so this terminates; ADE20K-like maps need a handful of rounds.
-        while True:
-            pu, pv = parent[u], parent[v]
-            differ = pu != pv
-            if not bool(differ.any()):
-                return parent
-            u, v, pu, pv = u[differ], v[differ], pu[differ], pv[differ]
-            xp.scatter_min_(parent, xp.maximum(pu, pv), xp.minimum(pu, pv))
-            while True:  # two jumps per convergence check: chains are ~H runs deep after the first hooking
-                grand = parent[parent][parent[parent]]
-                if bool((grand == parent).all()):
-                    break
-                parent = grand
-
     def _build(self, lab: Any, xp: Any) -> _Built:
         batch, height, width = lab.shape
         start_mask = xp.row_starts(lab)
-        runs = self._runs(lab, start_mask, xp)
+        runs = find_runs(lab, start_mask, xp)
         self._check_labels(runs, xp)
         is_node = xp.asarray(self._is_node, runs.label)
         nv = self._num_values
@@ -490,9 +389,9 @@ class SceneGraphBuilder:
             node_groups = xp.flatnonzero(keep)  # ascending: by image, then label
             node_image, node_label = node_groups // nv, node_groups % nv
         else:
-            segments = ([self._segments(runs, start_mask, xp, dx) for _, dx in self._union_offsets]
+            segments = ([run_segments(runs, start_mask, xp, dx) for _, dx in self._union_offsets]
                         if height > 1 else [])
-            group = self._regions(runs, segments, xp)
+            group = connected_runs(runs, segments, xp)
             num_groups = int(group.shape[0])
             group_area = xp.segment_sum(group, runs.length, num_groups)  # non-zero only at roots
             keep = (group_area >= max(self.min_area, 1)) & is_node[runs.label]
@@ -518,7 +417,7 @@ class SceneGraphBuilder:
 
         # Edges: count touching pixel pairs per pair of nodes, over the half neighbourhood.
         if self.granularity == "class":
-            na, nb, weight = self._class_pairs(lab, runs, group_node, xp)
+            na, nb, weight = self._class_pairs(lab, runs, start_mask, group_node, xp)
         else:
             na, nb, weight = self._region_pairs(lab, runs, run_node, segments, xp)
         src, dst, e_img, boundary = self._edges(na, nb, weight, node_image, first, per_image, batch, xp)
@@ -526,21 +425,29 @@ class SceneGraphBuilder:
                       edge_image=e_img, src=src, dst=dst, boundary=boundary, run_node=run_node, node_first=first,
                       runs=runs)
 
-    def _class_pairs(self, lab: Any, runs: _Runs, group_node: Any, xp: Any) -> tuple[Any, Any, Any]:
+    def _class_pairs(self, lab: Any, runs: Runs, start_mask: Any, group_node: Any,
+                     xp: Any) -> tuple[Any, Any, Any]:
         """Class granularity: touching pixel pairs counted per (image, label, label) code, then mapped to nodes."""
-        batch = lab.shape[0]
+        batch, height, width = lab.shape
         nv = self._num_values
+        flat = lab.reshape(-1)
+        diagonal_shortcut = self.connectivity == 8 and self.tolerance == 0
+        positions = []  # (p, d): pairs (p, p + d)
         codes = []
         for dy, dx in self._edge_offsets:
             if (dy, dx) == (0, 1):  # horizontal neighbours that differ are exactly consecutive runs of one row
                 same_row = runs.x0[1:] != 0
-                a, b = runs.label[:-1][same_row], runs.label[1:][same_row]
-                img = runs.image[1:][same_row] if batch > 1 else None
-            else:
-                a, b, img = self._offset_values(lab, xp, dy, dx)
-                a, b = xp.i64(a), xp.i64(b)
-            code = a * nv + b
-            codes.append(code if img is None else code + img * (nv * nv))
+                code = runs.label[:-1][same_row] * nv + runs.label[1:][same_row]
+                codes.append(code if batch == 1 else code + runs.image[1:][same_row] * (nv * nv))
+            elif not (diagonal_shortcut and dy == 1 and dx != 0):
+                positions.append((offset_positions(lab, xp, dy, dx), dy * width + dx))
+        if diagonal_shortcut:
+            vertical = positions[0][0]
+            for dx in (-1, 1):
+                positions.extend((p, width + dx) for p in diagonal_positions(lab, runs, vertical, start_mask, dx))
+        for p, d in positions:
+            code = xp.i64(flat[p]) * nv + xp.i64(flat[p + d])
+            codes.append(code if batch == 1 else code + (p // (height * width)) * (nv * nv))
         ucode, ucount = self._count_codes(xp.cat(codes), None, batch * nv * nv, xp)
         img = ucode // (nv * nv)
         a, b = (ucode // nv) % nv, ucode % nv
@@ -548,7 +455,7 @@ class SceneGraphBuilder:
         keep = (na >= 0) & (nb >= 0)
         return na[keep], nb[keep], ucount[keep]
 
-    def _region_pairs(self, lab: Any, runs: _Runs, run_node: Any, segments: list, xp: Any) -> tuple[Any, Any, Any]:
+    def _region_pairs(self, lab: Any, runs: Runs, run_node: Any, segments: list, xp: Any) -> tuple[Any, Any, Any]:
         """Region granularity: node pairs of touching pixels with their number of pixel pairs."""
         batch, height, width = lab.shape
         same_row = runs.x0[1:] != 0  # a row's node changes only where its label does: between consecutive runs
@@ -565,11 +472,12 @@ class SceneGraphBuilder:
         else:
             # Two regions of one class can touch within the tolerance: compare node ids, not labels.
             node_map = xp.repeat(run_node, runs.length).reshape(batch, height, width)
+            flat = node_map.reshape(-1)
             for dy, dx in self._edge_offsets[1:]:  # [0] is (0, 1), done above
-                na, nb, _ = self._offset_values(node_map, xp, dy, dx)
-                nas.append(na)
-                nbs.append(nb)
-                weights.append(xp.full(int(na.shape[0]), 1, na))
+                p = offset_positions(node_map, xp, dy, dx)
+                nas.append(flat[p])
+                nbs.append(flat[p + dy * width + dx])
+                weights.append(xp.full(int(p.shape[0]), 1, p))
         na, nb, weight = xp.cat(nas), xp.cat(nbs), xp.cat(weights)
         both = (na >= 0) & (nb >= 0)
         return na[both], nb[both], weight[both]
@@ -607,7 +515,7 @@ class SceneGraphBuilder:
         """Per-image :class:`SceneGraph` s from the concatenated batch arrays (geometry computed in float64)."""
         height, width = image_size
         area_px = xp.f64(built.area)
-        half = 0.5 / xp.maximum(area_px, area_px * 0 + 1)  # 1 / (2 * area); every node has at least one pixel
+        half = 0.5 / area_px  # 1 / (2 * area): every node has at least one pixel
         x0, y0, x1, y1 = (xp.f64(v) for v in built.box)
         fields = {
             "labels": built.label,
@@ -629,49 +537,3 @@ class SceneGraphBuilder:
         parts["edge_index"] = tensors["edge_index"].split(edge_counts, dim=1)
         return [SceneGraph(**{k: v[i] for k, v in parts.items()}, image_size=(height, width),
                            class_table=self.class_table) for i in range(batch)]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Feature pooling
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _pool_features(built: _Built, xp: Any, features: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """``(N, C)`` float32: mean of the nearest-resized ``features (B, C, h, w)`` over each node's pixels.
-
-    Per run (row ``y``, columns ``[x0, x1)``) the sum of the resized features is ``G(x1) - G(x0)`` with
-    ``G(x) = sum of the features of pixels 0..x-1 in the run's feature row``: a prefix sum over feature cells
-    weighted by how many pixel columns each cell covers, plus the partial cell. Runs add into their node.
-    """
-    height, width = image_size
-    batch, channels, h, w = features.shape
-    device = features.device
-    runs = built.runs
-
-    def t(x: Any) -> Tensor:
-        return xp.to_torch(x).to(device).long()
-
-    node = t(built.run_node)
-    sel = node >= 0
-    node, img, y = node[sel], t(runs.image)[sel], t(runs.y)[sel]
-    x0 = t(runs.x0)[sel]
-    x1 = x0 + t(runs.length)[sel]
-    num_nodes = int(built.label.shape[0])
-    feats = features.float().permute(0, 2, 3, 1)  # (B, C, h, w) -> (B, h, w, C)
-    cells = torch.arange(w + 1, device=device)
-    cell_start = (cells * width + w - 1) // w  # (w + 1,) first pixel column of each cell; cell_start[w] = W
-    cell_width = (cell_start[1:] - cell_start[:-1]).to(feats.dtype)  # (w,)
-    zeros = feats.new_zeros(batch, h, 1, channels)
-    prefix = torch.cat([zeros, torch.cumsum(feats * cell_width[:, None], dim=2)], dim=2)  # (B, h, w + 1, C)
-    padded = torch.cat([feats, zeros], dim=2)  # (B, h, w + 1, C); cell w is past the right edge
-    row = (img * h + (y * h) // height) * (w + 1)  # (R',) flat (b, cy) row in the (B, h, w + 1) grid
-
-    def prefix_at(x: Tensor) -> Tensor:  # G(x) per run, (R', C)
-        c = (x * w) // width
-        index = row + c
-        partial = (x - cell_start[c]).to(feats.dtype)[:, None]
-        return prefix.reshape(-1, channels)[index] + partial * padded.reshape(-1, channels)[index]
-
-    sums = feats.new_zeros(num_nodes, channels).index_add_(0, node, prefix_at(x1) - prefix_at(x0))
-    area = xp.to_torch(built.area).to(device).to(feats.dtype).clamp(min=1)
-    return sums / area[:, None]
