@@ -39,7 +39,8 @@ from torch import Tensor
 
 from twostream.data.classes import ClassTable, ade20k150
 
-__all__ = ["CLASS_TABLES", "EDGE_ATTR_DIM", "JSON_FORMAT", "NODE_ATTR_DIM", "SceneGraph", "resolve_class_table"]
+__all__ = ["CLASS_TABLES", "EDGE_ATTR_DIM", "JSON_FORMAT", "NODE_ATTR_DIM", "SceneGraph", "dumps_json",
+           "resolve_class_table"]
 
 NODE_ATTR_DIM = 7  # area, cx, cy, x0, y0, x1, y1
 EDGE_ATTR_DIM = 4  # boundary / sqrt(H*W), dx, dy, distance
@@ -325,10 +326,10 @@ class SceneGraph:
 
     from_dict = from_json  # the name twostream.viz looks for
 
-    def save_json(self, path: str | Path, include_features: bool = False, indent: int | None = 1) -> Path:
-        """Write :meth:`to_json` to ``path`` (UTF-8)."""
+    def save_json(self, path: str | Path, include_features: bool = False) -> Path:
+        """Write :meth:`to_json` to ``path`` (UTF-8), one node or edge per line."""
         path = Path(path)
-        path.write_text(json.dumps(self.to_json(include_features), indent=indent) + "\n", encoding="utf-8")
+        path.write_text(dumps_json(self.to_json(include_features)), encoding="utf-8")
         return path
 
     @classmethod
@@ -354,6 +355,18 @@ class SceneGraph:
         return cls(labels=d["labels"], area=d["area"], centroid=d["centroid"], bbox=d["bbox"],
                    edge_index=d["edge_index"], boundary=d["boundary"], image_size=(h, w), class_table=class_table,
                    features=d.get("features"))
+
+
+def dumps_json(d: dict) -> str:
+    """A graph's JSON form as text that reads well: top-level keys first, then one node or edge per line."""
+    head = {k: v for k, v in d.items() if k not in ("nodes", "edges")}
+    lines = [json.dumps(head)[:-1] + ","]
+    for key in ("nodes", "edges"):
+        items = d.get(key, [])
+        body = ",\n".join(f"  {json.dumps(item)}" for item in items)
+        lines.append(f' "{key}": [\n{body}\n ]' if items else f' "{key}": []')
+        lines[-1] += "," if key == "nodes" else "}"
+    return "\n".join(lines) + "\n"
 
 
 def _node_fields(nodes: list[dict], image_size: tuple[int, int], table: ClassTable,
