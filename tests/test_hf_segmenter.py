@@ -411,7 +411,7 @@ def test_evaluate_segmenter_on_real_ade20k_pairs(saved):
     for ann in sorted((sample / "annotations" / "validation").glob("*.png")):
         image = Image.open(sample / "images" / "validation" / f"{ann.stem}.jpg").convert("RGB").resize((128, 96))
         images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255)
-        targets.append(torch.from_numpy(np.asarray(Image.open(ann).resize((128, 96), Image.NEAREST))).long())
+        targets.append(torch.from_numpy(np.array(Image.open(ann).resize((128, 96), Image.NEAREST))).long())
     batch = {"image": torch.stack(images), "sem_seg": torch.stack(targets)}
     segmenter = hf_segmenter_from_pretrained(str(saved["segformer"]))
     metrics = evaluate_segmenter(segmenter, [batch], ade20k150())

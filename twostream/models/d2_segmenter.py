@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from twostream.config import SegmenterConfig
 from twostream.data.classes import ClassTable, ade20k150
-from twostream.models.label_alignment import ALIGN_MIN_FRACTION, LOW_LOGIT, align_labels
+from twostream.models.label_alignment import ALIGN_MIN_FRACTION, LOW_LOGIT, LabelAlignment, align_labels
 from twostream.models.segmenter import Segmenter
 
 __all__ = ["D2_INSTALL", "D2Labels", "Detectron2Segmenter", "build_detectron2_segmenter", "d2_labels_from_metadata",
@@ -59,12 +59,14 @@ class D2Labels:
         sem_to_label: per ``sem_seg`` channel, its label (the ``things`` channel of Panoptic FPN -> 0, other).
         thing_to_label: per thing id of a panoptic segment (``isthing``), its label.
         stuff_to_label: per stuff id of a panoptic segment (not ``isthing``), its label.
+        alignment: the name-matching decision (thing + stuff names against the project table).
     """
 
     table: ClassTable
     sem_to_label: tuple[int, ...]
     thing_to_label: tuple[int, ...]
     stuff_to_label: tuple[int, ...]
+    alignment: LabelAlignment
 
 
 def d2_labels_from_metadata(metadata: Any, project_table: ClassTable, *,
@@ -98,7 +100,7 @@ def d2_labels_from_metadata(metadata: Any, project_table: ClassTable, *,
         return tuple(alignment.mapping[j] if j >= 0 and alignment.mapping[j] >= 0 else background for j in own)
 
     return D2Labels(table=alignment.table, sem_to_label=labels(sem_own), thing_to_label=labels(thing_own),
-                    stuff_to_label=labels(stuff_own))
+                    stuff_to_label=labels(stuff_own), alignment=alignment)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -129,6 +131,7 @@ class Detectron2Segmenter(Segmenter):
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"Detectron2Segmenter: input format '{input_format}' is not BGR or RGB")
         self.model, self.labels, self.class_table = model, labels, labels.table
+        self.alignment = labels.alignment
         self.input_format, self.min_size, self.max_size, self.name = input_format, min_size, max_size, name
         self.model.requires_grad_(False)
         self.model.eval()
