@@ -1,0 +1,491 @@
+"""Predictor: images in; scene top-k, semantic map and scene graph out.
+
+Built from what training left behind, so inference uses exactly the run's preprocessing (``data.image_size``,
+``keep_ratio``, ``normalize``: the validation transform of :mod:`twostream.data.transforms`), scene order and class
+table::
+
+    >>> predictor = Predictor.from_checkpoint("runs/quickstart")         # best.pth, else last.pth
+    >>> [pred] = predictor.predict([load_image("kitchen.jpg")])          # or predict(["kitchen.jpg"])
+    >>> pred.scenes[:2]
+    [('kitchen', 0.81), ('dining_room', 0.07)]
+    >>> pred.sem_map.shape, pred.graph.num_nodes                         # at the photo's own size
+    ((480, 640), 9)
+
+Sources: a run folder (``best.pth``, else ``last.pth``), a classifier checkpoint file, or a model-only export
+(:func:`~twostream.engine.checkpoint.export_safetensors`: a folder with ``model.safetensors``, ``config.yaml``,
+``vocabulary.json`` and ``class_table.json``, or the ``.safetensors`` file inside it). A segmenter alone gives semantic
+maps and scene graphs without scenes (:meth:`Predictor.from_segmenter`): ``upsnet:<checkpoint>``,
+``hf:<hub name or folder>``, ``detectron2:<config>[@<weights>]``. Both together (``from_checkpoint(...,
+segmenter=spec)``) let the given segmenter supply the classifier's graphs, e.g. for a model trained on graphs from
+annotations (``model.segmenter.kind: none``).
+
+Where the graph comes from follows training: a model trained with ``graph.source: online`` builds it inside its forward
+pass; one trained on cached ``pred`` (or ``gt``) graphs gets graphs the predictor builds from the segmenter's argmax
+with the run's builder settings, padding (``keep_ratio``) void as in the cache. An image-only model
+(``model.gnn.enabled: false``) predicts scenes only: ``sem_map`` and ``graph`` are ``None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from twostream.config import Config, DataConfig, GraphConfig, config_from_dict, load_config
+from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150
+from twostream.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from twostream.graph.scene_graph import SceneGraph
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEVICES", "PRECISIONS", "Prediction", "Predictor", "resolve_checkpoint", "resolve_device"]
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+# Segmenters that resize internally (hf, detectron2) get images at their own size, the longer side capped at this
+# many pixels: beyond it the map and graph only cost time (they run their own processor's resize anyway).
+MAX_SIDE = 1024
+_EXPORT_FILES = ("model.safetensors", "config.yaml", "vocabulary.json", "class_table.json")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` / ``cuda:N`` need one."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device '{name}' is not one of {', '.join(DEVICES)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}': no CUDA GPU is visible; use --device cpu (or auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device '{name}' is not one of {', '.join(DEVICES)}")
+    return device
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder resolves to its ``best.pth`` (else ``last.pth``); a file is itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pth", "last.pth"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: folder holds no best.pth, last.pth or model.safetensors; give a run folder "
+                              "of tools/train.py (make demo writes runs/quickstart) or a checkpoint file")
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found; train one with tools/train.py (make demo writes "
+                              "runs/quickstart) or pass the right path")
+    return path
+
+
+def _inference_config(cfg: Config) -> Config:
+    """The training config, made to build the model from trained weights alone: no downloads, no second checkpoint."""
+    m = cfg.model
+    return dataclasses.replace(cfg, model=dataclasses.replace(
+        m,
+        segmenter=dataclasses.replace(m.segmenter, pretrained=False, pretrained_path="", checkpoint=""),
+        image_encoder=dataclasses.replace(m.image_encoder, pretrained=False, pretrained_path=""),
+    ))
+
+
+def _load_export(folder: Path) -> tuple[Config, dict[str, Tensor], list[str], ClassTable]:
+    """The four files of :func:`~twostream.engine.checkpoint.export_safetensors`; a missing or bad one is one line."""
+    from twostream.data.vocabulary import SceneVocabulary
+
+    missing = [n for n in _EXPORT_FILES if not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: model export lacks {', '.join(missing)}; export with "
+                              "twostream.engine.checkpoint.export_safetensors")
+    try:
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+    except Exception as e:  # safetensors raises its own error types for a truncated or foreign file
+        raise CheckpointError(f"{folder / 'model.safetensors'}: not a readable safetensors file "
+                              f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    cfg = load_config(folder / "config.yaml")
+    try:
+        scenes = SceneVocabulary.load(folder / "vocabulary.json").names
+        class_table = ClassTable.from_dict(json.loads((folder / "class_table.json").read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder}: bad vocabulary.json or class_table.json ({e})") from None
+    return cfg, state, list(scenes), class_table
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        what = f"{image.dtype} of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"Predictor: expected an (H, W, 3) uint8 RGB image, got {what}; read files with "
+                         "twostream.data.io.load_image (or pass their paths)")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"Predictor: empty image of shape {image.shape}")
+    return image
+
+
+def _resize_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(h, w)`` int labels -> ``(H, W)``, centre-aligned nearest neighbour (as the dataset resizes masks).
+
+    Output pixel ``i`` takes source pixel ``floor((i + 0.5) * h / H)``, in integer arithmetic: float scale factors
+    round centres that fall exactly on a source-pixel edge to either side.
+    """
+    (h, w), (oh, ow) = labels.shape, size
+    if (h, w) == (oh, ow):
+        return labels
+    rows = (2 * torch.arange(oh, device=labels.device) + 1) * h // (2 * oh)  # (H,)
+    cols = (2 * torch.arange(ow, device=labels.device) + 1) * w // (2 * ow)  # (W,)
+    return labels[rows][:, cols]
+
+
+def _check_external(model: nn.Module, segmenter: nn.Module, trained_on: ClassTable | None) -> None:
+    """A segmenter may supply a classifier's graphs when it labels pixels in the table the classifier learned."""
+    table = segmenter.class_table
+    if trained_on is not None and (trained_on.name != table.name or len(trained_on) != len(table)):
+        raise ValueError(f"the segmenter labels pixels with the {table.name} table ({len(table)} classes) but the "
+                         f"classifier was trained on {trained_on.name} ({len(trained_on)} classes); give a "
+                         "segmenter of the classifier's label set")
+    if model.pool_features:
+        raise ValueError("this classifier pools its own segmenter's features into the graph nodes "
+                         "(graph.pool_features), so another segmenter cannot supply its graphs")
+
+
+@dataclass
+class _Input:
+    """One image prepared for the model: ``tensor (3, h, w)``, its content ``box (top, left, height, width)`` in
+    the canvas (the whole canvas unless ``keep_ratio`` padded it) and the original ``size (H, W)``."""
+
+    tensor: Tensor
+    box: tuple[int, int, int, int]
+    size: tuple[int, int]
+
+    @property
+    def padded(self) -> bool:
+        return self.box[2:] != tuple(self.tensor.shape[-2:])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prediction
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    """What the predictor says about one image.
+
+    Attributes:
+        scenes: top-k ``(scene name, probability)``, most probable first; empty for a segmenter-only predictor.
+        sem_map: ``(H, W)`` int64 labels of ``class_table`` at the original image size (the model's map resized by
+            centre-aligned nearest neighbour), or ``None`` for an image-only model.
+        graph: the scene graph, or ``None`` for an image-only model. Built at the model's input size (its
+            ``image_size``; ``boundary`` in those pixels; centroids and boxes normalised, so they hold for the
+            original image too); the graph the classifier saw, except with ``keep_ratio`` padding, where it is
+            rebuilt on the image content alone.
+        class_table: the label set of ``sem_map`` and ``graph`` (``None`` with them).
+        image_size: ``(H, W)`` of the original image.
+    """
+
+    scenes: list[tuple[str, float]]
+    sem_map: np.ndarray | None
+    graph: SceneGraph | None
+    class_table: ClassTable | None
+    image_size: tuple[int, int]
+
+    def to_json(self) -> dict:
+        """The prediction format ``tools/infer.py`` writes and :mod:`twostream.viz.sources` reads::
+
+            {"image_size": [H, W],                                 # the original image
+             "scenes": [{"scene": "kitchen", "prob": 0.81}, ...],  # top-k, best first ([] without a classifier)
+             "graph": {...}}                                       # SceneGraph.to_json(), or null (image-only)
+
+        ``tools/infer.py`` adds ``"image"`` (the input path) and ``"sem_seg"`` (the palette PNG of ``sem_map``,
+        relative to the JSON file).
+        """
+        return {
+            "image_size": [int(s) for s in self.image_size],
+            "scenes": [{"scene": name, "prob": float(p)} for name, p in self.scenes],
+            "graph": self.graph.to_json() if self.graph is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, sem_map: np.ndarray | None = None) -> Prediction:
+        """Read :meth:`to_json` back (``sem_map`` is not in the JSON: pass it, or it stays ``None``)."""
+        graph = SceneGraph.from_json(d["graph"]) if d.get("graph") else None
+        return cls(scenes=[(s["scene"], float(s["prob"])) for s in d.get("scenes", [])], sem_map=sem_map,
+                   graph=graph, class_table=graph.class_table if graph is not None else None,
+                   image_size=tuple(int(s) for s in d["image_size"]))
+
+    def top_objects(self, k: int | None = None) -> list[tuple[str, float]]:
+        """``(class name, area fraction)`` of the graph's nodes, largest first (``k`` of them, or all)."""
+        if self.graph is None:
+            return []
+        order = torch.argsort(self.graph.area, descending=True, stable=True)[:k].tolist()
+        table = self.graph.class_table
+        return [(table.short_name(int(self.graph.labels[i])), float(self.graph.area[i])) for i in order]
+
+    def top_adjacencies(self, k: int | None = None) -> list[tuple[str, str, float]]:
+        """``(name, name, shared boundary in pixels)`` of touching node pairs, longest boundary first."""
+        if self.graph is None or self.graph.num_edges == 0:
+            return []
+        pairs, boundary = self.graph.undirected_edges()  # (2, E/2), (E/2,)
+        order = torch.argsort(boundary, descending=True, stable=True)[:k].tolist()
+        table, labels = self.graph.class_table, self.graph.labels
+        return [(table.short_name(int(labels[pairs[0, i]])), table.short_name(int(labels[pairs[1, i]])),
+                 float(boundary[i])) for i in order]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Predictor
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Runs a trained two-stream classifier, a segmenter, or both, on images of any size.
+
+    Args:
+        model: a ``TwoStreamClassifier`` (``None``: segmenter-only).
+        segmenter: a ``Segmenter`` that supplies the semantic maps and graphs itself (``None``: the model's own).
+        cfg: the run's config: ``data`` (preprocessing) and ``graph`` (builder settings) are read.
+        scenes: scene names in the model's class order (empty without a model).
+        native_size: feed images at their own size (longer side capped at :data:`MAX_SIDE`) instead of
+            ``cfg.data.image_size``; for segmenters that resize internally (hf, detectron2).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 needs a GPU).
+    """
+
+    def __init__(self, *, model: nn.Module | None = None, segmenter: nn.Module | None = None, cfg: Config,
+                 scenes: Sequence[str] = (), class_table: ClassTable | None = None, native_size: bool = False,
+                 device: str | torch.device = "cpu", precision: str = "fp32") -> None:
+        from twostream.data.transforms import build_transforms
+        from twostream.graph.builder import SceneGraphBuilder
+
+        if model is None and segmenter is None:
+            raise ValueError("Predictor: give a model, a segmenter or both")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ValueError("precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+        self.amp_dtype = PRECISIONS[precision]
+        self.precision = precision
+        self.cfg, self.scenes, self.native_size = cfg, list(scenes), native_size
+        if model is not None and len(self.scenes) != model.num_scenes:
+            raise ValueError(f"Predictor: {len(self.scenes)} scene names for a model of {model.num_scenes} scenes")
+
+        # The segmenter the predictor runs itself; None when the model builds its graphs online or has no graph stream.
+        self.graph_stream = model is None or model.graph_encoder is not None
+        own = segmenter
+        if model is not None and model.graph_encoder is not None:
+            trained_on = model.segmenter.class_table if model.segmenter is not None else class_table
+            if segmenter is not None:
+                _check_external(model, segmenter, trained_on)
+                model.online_graphs = False  # the given segmenter's graphs replace the model's own
+            elif not model.online_graphs:
+                if model.segmenter is None:
+                    raise ValueError("this classifier was trained on graphs from annotations (model.segmenter.kind "
+                                     "none) and cannot build graphs from images; give a segmenter "
+                                     "(--segmenter upsnet:CHECKPOINT, hf:NAME or detectron2:CONFIG)")
+                own = model.segmenter
+        self.model = model.to(self.device).eval() if model is not None else None
+        self.segmenter = own.to(self.device).eval() if own is not None else None
+        table = None
+        if self.graph_stream:
+            table = own.class_table if own is not None else model.segmenter.class_table
+        self.class_table: ClassTable | None = table
+        self.builder = SceneGraphBuilder.from_config(cfg.graph, table) if table is not None else None
+        # The validation transform of training: resize (or fit and pad), to float, normalise if the run did.
+        self._transform = None if native_size else build_transforms(cfg.data, train=False)
+
+    def __repr__(self) -> str:
+        parts = []
+        if self.model is not None:
+            parts.append(f"classifier of {len(self.scenes)} scenes")
+        if self.segmenter is not None:
+            parts.append(f"segmenter {type(self.segmenter).__name__}")
+        size = "native" if self.native_size else "x".join(map(str, self.cfg.data.image_size))
+        return (f"Predictor({', '.join(parts)}, input {size}, device={self.device}, precision={self.precision}, "
+                f"graphs={'on' if self.graph_stream else 'off'})")
+
+    # ------------------------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, segmenter: str | None = None, device: str | torch.device = "cpu",
+                        precision: str = "fp32") -> Predictor:
+        """From a run folder (``best.pth``, else ``last.pth``), a classifier checkpoint, or a model-only export (its
+        folder or its ``model.safetensors``). ``segmenter``: a spec (:meth:`from_segmenter`) whose graphs replace
+        the model's own.
+
+        Raises:
+            CheckpointError: one line: missing, truncated, foreign, a segmentation-stage checkpoint, or weights that
+                do not fit the saved config.
+        """
+        from twostream.models.two_stream import build_model
+
+        path = Path(path)
+        if path.suffix == ".safetensors" and path.is_file():
+            path = path.parent
+        if path.is_dir() and (path / "model.safetensors").is_file():
+            cfg, state, scenes, class_table = _load_export(path)
+            source = path / "model.safetensors"
+        else:
+            source = resolve_checkpoint(path)
+            ckpt = load_checkpoint(source)
+            if ckpt.get("stage") != "classifier":
+                raise CheckpointError(f"{source}: a {ckpt.get('stage')} checkpoint, not a scene classifier; for "
+                                      f"scene graphs from the segmenter alone use --segmenter upsnet:{source}")
+            cfg = config_from_dict(ckpt["config"], source=f"{source} (config)")
+            state, scenes = ckpt["model"], list(ckpt.get("vocabulary") or [])
+            if not scenes:
+                raise CheckpointError(f"{source}: checkpoint records no scene vocabulary; it was not written by "
+                                      "tools/train.py's classifier stage")
+            class_table = ClassTable.from_dict(ckpt["class_table"])
+        cfg = _inference_config(cfg)
+        model = build_model(cfg, num_scenes=len(scenes), class_table=class_table)
+        load_model_state(model, state, source)
+        log.info("loaded %s: %d scenes, class table %s", source, len(scenes), class_table.name)
+        seg = _segmenter_from_spec(segmenter, cfg.graph)[0] if segmenter is not None else None
+        return cls(model=model, segmenter=seg, cfg=cfg, scenes=scenes, class_table=class_table, device=device,
+                   precision=precision)
+
+    @classmethod
+    def from_segmenter(cls, spec: str, *, graph: GraphConfig | None = None, device: str | torch.device = "cpu",
+                       precision: str = "fp32") -> Predictor:
+        """Scene graphs from a segmenter alone (no scenes): ``upsnet:<checkpoint>`` (a segmentation-stage or
+        classifier checkpoint; its run's input size and graph settings), ``hf:<hub name or folder>`` or
+        ``detectron2:<config>[@<weights>]`` (images at their own size, these resize internally; graph settings
+        from ``graph``, default :class:`~twostream.config.GraphConfig`)."""
+        segmenter, cfg, native = _segmenter_from_spec(spec, graph)
+        return cls(segmenter=segmenter, cfg=cfg, native_size=native, device=device, precision=precision)
+
+    # ------------------------------------------------------------------------------------------------ prediction
+
+    def _prepare(self, image: np.ndarray) -> _Input:
+        """``(H, W, 3)`` uint8 -> the model's input and where the image lies in it."""
+        from torchvision import tv_tensors
+
+        h0, w0 = image.shape[:2]
+        chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W) uint8
+        if self._transform is None:  # native size, capped
+            x = chw.float().div_(255)
+            scale = MAX_SIDE / max(h0, w0)
+            if scale < 1:
+                size = (max(1, round(h0 * scale)), max(1, round(w0 * scale)))
+                x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+            return _Input(x, (0, 0, *x.shape[-2:]), (h0, w0))
+        # The mask marks what padding (keep_ratio) adds: the transform fills it with IGNORE_INDEX.
+        x, mask = self._transform(tv_tensors.Image(chw), tv_tensors.Mask(torch.zeros(h0, w0, dtype=torch.uint8)))
+        content = (mask != IGNORE_INDEX).nonzero()
+        top, left = (int(v) for v in content.min(dim=0).values)
+        bottom, right = (int(v) + 1 for v in content.max(dim=0).values)
+        return _Input(x.as_subclass(Tensor), (top, left, bottom - top, right - left), (h0, w0))
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray | str | Path], topk: int = 5, batch_size: int = 8
+                ) -> list[Prediction]:
+        """Predict for ``(H, W, 3)`` uint8 RGB images of any sizes (or image paths, read with
+        :func:`~twostream.data.io.load_image`), ``batch_size`` at a time; one :class:`Prediction` per image."""
+        from twostream.data.io import load_image
+
+        if topk < 1 or batch_size < 1:
+            raise ValueError(f"Predictor.predict: topk and batch_size must be at least 1, got {topk}, {batch_size}")
+        out: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            chunk = [load_image(im) if isinstance(im, str | Path) else _check_image(im)
+                     for im in images[start:start + batch_size]]
+            out.extend(self._predict_batch(chunk, topk))
+        return out
+
+    def _predict_batch(self, images: Sequence[np.ndarray], topk: int) -> list[Prediction]:
+        inputs = [self._prepare(im) for im in images]
+        # Same-sized inputs run together: all of them with a fixed image_size, equal shapes with native sizes.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, inp in enumerate(inputs):
+            groups.setdefault(tuple(inp.tensor.shape), []).append(i)
+        results: list[Prediction | None] = [None] * len(inputs)
+        for idx in groups.values():
+            for i, pred in zip(idx, self._run([inputs[i] for i in idx], topk)):
+                results[i] = pred
+        return results
+
+    def _run(self, inputs: list[_Input], topk: int) -> list[Prediction]:
+        x = torch.stack([inp.tensor for inp in inputs]).to(self.device)  # (B, 3, h, w)
+        logits = labels = graphs = None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            if self.segmenter is not None:  # graphs built here, the way the graph cache builds them
+                labels = self.segmenter(x)["sem_logits"].argmax(dim=1)  # (B, h, w)
+                void = labels
+                if any(inp.padded for inp in inputs):
+                    pad = torch.stack([self._pad_mask(inp) for inp in inputs]).to(labels.device)  # (B, h, w)
+                    void = labels.masked_fill(pad, IGNORE_INDEX)
+                graphs = self.builder.build_batch(void)
+                if self.model is not None:
+                    logits = self.model(x, graphs if self.model.graph_encoder is not None else None)["logits"]
+            else:
+                out = self.model(x)
+                logits = out["logits"]
+                if "sem_logits" in out:
+                    labels, graphs = out["sem_logits"].argmax(dim=1), out["graphs"]
+        probs = logits.float().softmax(dim=1).cpu() if logits is not None else None  # (B, S)
+
+        predictions = []
+        for i, inp in enumerate(inputs):
+            scenes: list[tuple[str, float]] = []
+            if probs is not None:
+                p, j = probs[i].topk(min(topk, probs.shape[1]))
+                scenes = [(self.scenes[c], float(q)) for q, c in zip(p.tolist(), j.tolist())]
+            sem_map = graph = None
+            if labels is not None:
+                top, left, ch, cw = inp.box
+                content = labels[i, top:top + ch, left:left + cw]  # (ch, cw)
+                graph = (self.builder(content) if inp.padded else graphs[i]).to("cpu")
+                sem_map = _resize_labels(content, inp.size).cpu().numpy()
+            predictions.append(Prediction(scenes=scenes, sem_map=sem_map, graph=graph,
+                                          class_table=self.class_table if graph is not None else None,
+                                          image_size=inp.size))
+        return predictions
+
+    @staticmethod
+    def _pad_mask(inp: _Input) -> Tensor:
+        """``(h, w)`` bool, True outside the content box."""
+        pad = torch.ones(inp.tensor.shape[-2:], dtype=torch.bool)
+        top, left, ch, cw = inp.box
+        pad[top:top + ch, left:left + cw] = False
+        return pad
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Segmenters by spec
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _segmenter_from_spec(spec: str, graph: GraphConfig | None) -> tuple[nn.Module, Config, bool]:
+    """``--segmenter`` spec -> ``(segmenter, config for the predictor, native_size)``."""
+    from twostream.engine.checkpoint import load_segmenter
+    from twostream.models.segmenter import build_segmenter, parse_segmenter_spec
+
+    seg_cfg = parse_segmenter_spec(spec)
+    if seg_cfg.kind == "none":
+        raise ValueError("--segmenter none gives no graphs; give upsnet:CHECKPOINT, hf:NAME or detectron2:CONFIG")
+    if seg_cfg.kind == "upsnet":
+        source = resolve_checkpoint(seg_cfg.checkpoint)
+        segmenter = load_segmenter(source)
+        run = config_from_dict(load_checkpoint(source)["config"], source=f"{source} (config)")
+        cfg = dataclasses.replace(Config(), data=run.data, graph=graph or run.graph)
+        return segmenter, cfg, False
+    segmenter = build_segmenter(seg_cfg, ade20k150())
+    cfg = dataclasses.replace(Config(), data=DataConfig(), graph=graph or GraphConfig())
+    return segmenter, cfg, True
