@@ -144,6 +144,7 @@ def test_error_in_base_names_the_base(tmp_path):
         (["model.segmenter.panoptic_head=true"], "needs model.segmenter.instance_head=true"),
         (["model.segmenter.trainable=true"], "trainable needs graph.source=online"),
         (["train.stage=segmentation", "model.segmenter.kind=detectron2"], "trains model.segmenter.kind upsnet or hf"),
+        (["train.stage=segmentation", "model.segmenter.kind=hf"], "set model.segmenter.trainable=true"),
         (["data.image_size=[100, 128]"], "must be divisible by 32"),
         (["model.gnn.hidden_dim=30", "model.gnn.heads=4"], "must be divisible by model.gnn.heads"),
         (["train.batch_size=0"], "train.batch_size: must be at least 1"),

@@ -209,7 +209,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.01  # final lr as a fraction of lr (cosine, poly)
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     accumulate: int = 1  # gradient accumulation steps per optimizer step
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp16 on others, off on CPU
+    # Mixed precision. auto: bf16 on a GPU that has it, fp16 on older GPUs, fp32 on CPU. ('off' would read as false
+    # in YAML, hence fp32.)
+    amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
     label_smoothing: float = 0.0
@@ -388,6 +390,9 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if cfg.train.stage == "segmentation" and m.segmenter.kind not in ("upsnet", "hf"):
         raise ConfigError(f"{source}: train.stage=segmentation trains model.segmenter.kind upsnet or hf, "
                           f"got '{m.segmenter.kind}'")
+    if cfg.train.stage == "segmentation" and m.segmenter.kind == "hf" and not m.segmenter.trainable:
+        raise ConfigError(f"{source}: train.stage=segmentation with model.segmenter.kind=hf fine-tunes a published "
+                          "checkpoint: set model.segmenter.trainable=true")
     if m.segmenter.panoptic_head and not m.segmenter.instance_head:
         raise ConfigError(f"{source}: model.segmenter.panoptic_head needs model.segmenter.instance_head=true")
     for key, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),

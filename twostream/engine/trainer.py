@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` on ``device``: ``None`` means full precision."""
-    if amp == "off" or device.type != "cuda":
+    if amp == "fp32" or device.type != "cuda":
         if amp in ("bf16", "fp16") and device.type != "cuda":
             log.warning("train.amp=%s asked for but the device is %s: training in float32", amp, device)
         return None
@@ -113,7 +114,9 @@ def train_one_epoch(model, task, loader, optimizer, scheduler, scaler, *, epoch:
     tcfg = cfg.train
     accumulate = tcfg.accumulate
     first_batch = state["batch_in_epoch"]
-    bar = tqdm(loader, total=len(loader), initial=0, disable=not dist_info.is_main, dynamic_ncols=True,
+    # The bar is for terminals; logs and CI get the per-epoch lines and metrics.jsonl instead.
+    show_bar = dist_info.is_main and sys.stderr.isatty()
+    bar = tqdm(loader, total=len(loader), initial=0, disable=not show_bar, dynamic_ncols=True,
                desc=f"epoch {epoch + 1}/{tcfg.epochs}", mininterval=1.0, leave=False)
     running_loss, running_items, t0 = 0.0, 0, time.perf_counter()
     micro = 0
