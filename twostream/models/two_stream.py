@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,9 @@ from twostream.models.fusion import build_fusion
 from twostream.models.gnn import GraphEncoder, build_graph_encoder
 from twostream.models.image_encoder import FeatureMapEncoder, ImageEncoder, build_image_encoder
 from twostream.models.segmenter import Segmenter, build_segmenter
+
+if TYPE_CHECKING:
+    from twostream.graph.builder import SceneGraphBuilder
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,8 @@ class TwoStreamClassifier(nn.Module):
         ``"sem_logits"`` ``(B, K, H, W)``.
     """
 
-    def __init__(self, *, num_scenes: int, segmenter: Segmenter | None = None, builder=None,
+    def __init__(self, *, num_scenes: int, segmenter: Segmenter | None = None,
+                 builder: SceneGraphBuilder | None = None,
                  graph_encoder: GraphEncoder | None = None,
                  image_encoder: ImageEncoder | FeatureMapEncoder | None = None, fusion: nn.Module | None = None,
                  segmenter_trainable: bool = False, shared_backbone: bool = False, online_graphs: bool = False,
@@ -199,6 +204,10 @@ class TwoStreamClassifier(nn.Module):
                 from torch_geometric.data import Batch
 
                 graphs = Batch.from_data_list([g.to_pyg() for g in graphs]).to(images.device)
+            elif getattr(graphs, "batch", None) is None:  # one Data, not a Batch
+                from torch_geometric.data import Batch
+
+                graphs = Batch.from_data_list([graphs])
             if int(graphs.num_graphs) != images.shape[0]:
                 raise ValueError(f"TwoStreamClassifier: {graphs.num_graphs} graphs for {images.shape[0]} images")
             graph_pooled, node_emb = self.graph_encoder(graphs)  # (B, Cg), (N, Cg)
@@ -258,6 +267,11 @@ def build_model(cfg: Config, num_scenes: int, class_table: ClassTable) -> TwoStr
                          f"'{m.segmenter.kind}'")
 
     need_segmenter = m.shared_backbone or (m.gnn.enabled and m.segmenter.kind != "none")
+    if m.segmenter.trainable and need_segmenter and not (cfg.graph.pool_features or m.shared_backbone):
+        # Graphs come from an argmax, which has no gradient: the segmenter could not learn, and its parameters would
+        # never get gradients (DistributedDataParallel stops on those).
+        raise ValueError("build_model: model.segmenter.trainable needs a differentiable path to the segmenter: set "
+                         "graph.pool_features=true or model.shared_backbone=true, or keep the segmenter frozen")
     segmenter = build_segmenter(m.segmenter, class_table) if need_segmenter else None
     table = segmenter.class_table if segmenter is not None else class_table
 
@@ -290,10 +304,6 @@ def build_model(cfg: Config, num_scenes: int, class_table: ClassTable) -> TwoStr
         image_dim = image_encoder.token_dim if m.fusion.type == "cross_attention" else image_encoder.num_features
         fusion = build_fusion(m.fusion, image_dim, graph_encoder.num_features)
 
-    if m.segmenter.trainable and segmenter is not None and not (cfg.graph.pool_features or m.shared_backbone):
-        # graphs come from an argmax: without pooled features or a shared backbone no gradient reaches the segmenter
-        log.warning("model.segmenter.trainable is set, but the segmenter only feeds the model through the argmax of "
-                    "its logits, which has no gradient; set graph.pool_features=true or model.shared_backbone=true")
     model = TwoStreamClassifier(
         num_scenes=num_scenes, segmenter=segmenter, builder=builder, graph_encoder=graph_encoder,
         image_encoder=image_encoder, fusion=fusion, segmenter_trainable=m.segmenter.trainable,
