@@ -112,21 +112,23 @@ def run(size: int = 512, num_maps: int = 16, skimage_maps: int = 3, repeats: int
             rag_connectivity = 1 if connectivity == 4 else 2
             wall, cpu = _time(lambda c=rag_connectivity: [skgraph.RAG(m, connectivity=c) for m in subset], 1)
             skimage_ms[connectivity] = 1e3 * wall / len(subset)
-            rows.append({"method": "skimage.graph.RAG", "granularity": "class", "connectivity": connectivity,
-                         "maps": len(subset), "ms_per_map": skimage_ms[connectivity],
+            rows.append({"method": "skimage.graph.RAG (int64 maps)", "granularity": "class",
+                         "connectivity": connectivity, "maps": len(subset), "ms_per_map": skimage_ms[connectivity],
                          "cpu_ms_per_map": 1e3 * cpu / len(subset), "maps_per_s": len(subset) / wall,
                          "speedup": None})
-    for granularity in ("class", "region"):
-        for connectivity in (4, 8):
-            builder = SceneGraphBuilder(granularity=granularity, connectivity=connectivity)
-            for m in maps[:2]:
-                builder(m)  # warm-up
-            wall, cpu = _time(lambda b=builder: [b(m) for m in maps], repeats)
-            ms = 1e3 * wall / len(maps)
-            rows.append({"method": "twostream SceneGraphBuilder", "granularity": granularity,
-                         "connectivity": connectivity, "maps": len(maps), "ms_per_map": ms,
-                         "cpu_ms_per_map": 1e3 * cpu / len(maps), "maps_per_s": len(maps) / wall,
-                         "speedup": skimage_ms[connectivity] / ms if connectivity in skimage_ms else None})
+    maps_uint8 = [m.astype(np.uint8) for m in maps]  # what an annotation PNG holds (datasets give int64)
+    for granularity, connectivity, dtype in (("class", 4, "int64"), ("class", 4, "uint8"), ("class", 8, "int64"),
+                                             ("region", 4, "int64"), ("region", 8, "int64")):
+        builder = SceneGraphBuilder(granularity=granularity, connectivity=connectivity)
+        inputs = maps if dtype == "int64" else maps_uint8
+        for m in inputs[:2]:
+            builder(m)  # warm-up
+        wall, cpu = _time(lambda b=builder, x=inputs: [b(m) for m in x], repeats)
+        ms = 1e3 * wall / len(maps)
+        rows.append({"method": f"twostream SceneGraphBuilder ({dtype} maps)", "granularity": granularity,
+                     "connectivity": connectivity, "maps": len(maps), "ms_per_map": ms,
+                     "cpu_ms_per_map": 1e3 * cpu / len(maps), "maps_per_s": len(maps) / wall,
+                     "speedup": skimage_ms[connectivity] / ms if connectivity in skimage_ms else None})
     if torch.cuda.is_available():
         batch = torch.from_numpy(np.stack([maps[i % len(maps)] for i in range(gpu_batch)])).cuda()
         for granularity in ("class", "region"):
@@ -138,7 +140,7 @@ def run(size: int = 512, num_maps: int = 16, skimage_maps: int = 3, repeats: int
                 torch.cuda.synchronize()
 
             wall, cpu = _time(step, repeats)
-            rows.append({"method": f"twostream build_batch on {torch.cuda.get_device_name()} (B={gpu_batch})",
+            rows.append({"method": f"twostream build_batch, {torch.cuda.get_device_name()}, B={gpu_batch} (int64)",
                          "granularity": granularity, "connectivity": 4, "maps": gpu_batch,
                          "ms_per_map": 1e3 * wall / gpu_batch, "cpu_ms_per_map": 1e3 * cpu / gpu_batch,
                          "maps_per_s": gpu_batch / wall,

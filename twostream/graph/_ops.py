@@ -62,10 +62,6 @@ class NumpyOps:
         return out
 
     @staticmethod
-    def searchsorted_right(a: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return np.searchsorted(a, v, side="right")
-
-    @staticmethod
     def unique_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.unique(x, return_counts=True)
 
@@ -174,10 +170,6 @@ class TorchOps:
     def segment_max(index: Tensor, values: Tensor, n: int, fill: int) -> Tensor:
         out = torch.full((n,), fill, dtype=torch.int64, device=index.device)
         return out.scatter_reduce_(0, index, values.long(), reduce="amax")
-
-    @staticmethod
-    def searchsorted_right(a: Tensor, v: Tensor) -> Tensor:
-        return torch.searchsorted(a, v, right=True)
 
     @staticmethod
     def unique_counts(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,9 +9,9 @@ stretches of one label in one row; a 512x512 ADE20K-like map has ~10k of them ag
    Per-node geometry (area, centroid, bbox) is segment sums / minima / maxima over the runs: exact integers.
 3. Edges count touching pixel pairs. Horizontal pairs are consecutive runs of a row. Other offsets compare the map
    with itself shifted (one flat comparison and ``flatnonzero`` per offset); 8-connected diagonals of a label map are
-   found beside run starts and vertical changes without another pass; for regions the pairs across rows come from
-   the union-find's run segments with their lengths. Pairs are encoded as one integer ``(image, a, b)`` and counted
-   with ``bincount`` (``unique`` when the code space is large).
+   found beside run starts and vertical changes without another pass; for regions the pairs across rows are the
+   union-find's run contacts with their pixel-pair counts. Pairs are encoded as one integer ``(image, a, b)`` and
+   counted with ``bincount`` (``unique`` when the code space is large).
 4. Optional node features are pooled from a feature map per run (:mod:`twostream.graph.pooling`).
 
 A batch ``(B, H, W)`` is processed as one array: node and run indices are global over the batch and split per image
@@ -36,7 +36,7 @@ from twostream.graph.runs import (
     diagonal_positions,
     find_runs,
     offset_positions,
-    run_segments,
+    run_contacts,
 )
 from twostream.graph.scene_graph import SceneGraph
 
@@ -212,7 +212,6 @@ class SceneGraphBuilder:
             is_node[0] = False
         self._is_node = is_node
         self._edge_offsets = neighbourhood_offsets(connectivity, tolerance + 1)
-        self._union_offsets = [o for o in neighbourhood_offsets(connectivity, 1) if o[0] == 1]
 
     @classmethod
     def from_config(cls, cfg: Any, class_table: ClassTable | None = None) -> SceneGraphBuilder:
@@ -389,9 +388,8 @@ class SceneGraphBuilder:
             node_groups = xp.flatnonzero(keep)  # ascending: by image, then label
             node_image, node_label = node_groups // nv, node_groups % nv
         else:
-            segments = ([run_segments(runs, start_mask, xp, dx) for _, dx in self._union_offsets]
-                        if height > 1 else [])
-            group = connected_runs(runs, segments, xp)
+            contacts = run_contacts(start_mask, self.connectivity, xp) if height > 1 else None
+            group = connected_runs(runs, contacts, xp)
             num_groups = int(group.shape[0])
             group_area = xp.segment_sum(group, runs.length, num_groups)  # non-zero only at roots
             keep = (group_area >= max(self.min_area, 1)) & is_node[runs.label]
@@ -419,7 +417,7 @@ class SceneGraphBuilder:
         if self.granularity == "class":
             na, nb, weight = self._class_pairs(lab, runs, start_mask, group_node, xp)
         else:
-            na, nb, weight = self._region_pairs(lab, runs, run_node, segments, xp)
+            na, nb, weight = self._region_pairs(lab, runs, run_node, contacts, xp)
         src, dst, e_img, boundary = self._edges(na, nb, weight, node_image, first, per_image, batch, xp)
         return _Built(node_image=node_image, label=node_label, area=area, sum_x2=sum_x2, sum_y2=sum_y2, box=box,
                       edge_image=e_img, src=src, dst=dst, boundary=boundary, run_node=run_node, node_first=first,
@@ -455,20 +453,22 @@ class SceneGraphBuilder:
         keep = (na >= 0) & (nb >= 0)
         return na[keep], nb[keep], ucount[keep]
 
-    def _region_pairs(self, lab: Any, runs: Runs, run_node: Any, segments: list, xp: Any) -> tuple[Any, Any, Any]:
+    def _region_pairs(self, lab: Any, runs: Runs, run_node: Any, contacts: tuple[Any, Any, Any] | None,
+                      xp: Any) -> tuple[Any, Any, Any]:
         """Region granularity: node pairs of touching pixels with their number of pixel pairs."""
         batch, height, width = lab.shape
         same_row = runs.x0[1:] != 0  # a row's node changes only where its label does: between consecutive runs
         nas, nbs = [run_node[:-1][same_row]], [run_node[1:][same_row]]
         weights = [xp.full(int(nas[0].shape[0]), 1, runs.start)]
         if self.tolerance == 0:
-            # Offsets (1, dx) are the union segments: pairs of runs of different labels, with their pair counts.
-            # (Touching pixels of different regions always differ in label: same-label neighbours are one region.)
-            for ra, rb, length in segments:
-                differ = runs.label[ra] != runs.label[rb]
-                nas.append(run_node[ra[differ]])
-                nbs.append(run_node[rb[differ]])
-                weights.append(length[differ])
+            # Pairs across rows are the run contacts of different labels, with their pixel-pair counts. (Touching
+            # pixels of different regions always differ in label: same-label neighbours are one region.)
+            if contacts is not None:
+                above, below, pairs = contacts
+                differ = runs.label[above] != runs.label[below]
+                nas.append(run_node[above[differ]])
+                nbs.append(run_node[below[differ]])
+                weights.append(pairs[differ])
         else:
             # Two regions of one class can touch within the tolerance: compare node ids, not labels.
             node_map = xp.repeat(run_node, runs.length).reshape(batch, height, width)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Runs", "connected_runs", "diagonal_positions", "find_runs", "offset_positions", "run_segments"]
+__all__ = ["Runs", "connected_runs", "diagonal_positions", "find_runs", "offset_positions", "run_contacts"]
 
 
 @dataclass
@@ -89,55 +89,51 @@ def diagonal_positions(lab: Any, runs: Runs, vertical: Any, start_mask: Any, dx:
     return s1, s2
 
 
-def run_segments(runs: Runs, start_mask: Any, xp: Any, dx: int) -> tuple[Any, Any, Any]:
-    """Pixel pairs ``(y, x)``-``(y + 1, x + dx)`` grouped into segments along which both pixels stay in the same
-    runs: the run above, the run below and the number of pixel pairs of each segment.
+def run_contacts(start_mask: Any, connectivity: int, xp: Any) -> tuple[Any, Any, Any]:
+    """Every pair of runs in consecutive rows that touch, with their number of touching pixel pairs.
 
-    A segment starts at every run start of either row (and at the first column), so one entry per segment finds
-    every pair of runs touching at this offset, and its length is their number of touching pixel pairs.
+    Returns ``(above, below, pairs)``: run indices (runs numbered in raster order, as :func:`find_runs` does) and
+    pixel-pair counts; a pair of runs may appear more than once (its counts then add up).
+
+    The pixel pairs ``(y, x)``-``(y + 1, x)`` are cut into *segments* at every run start of either row, so along a
+    segment both pixels stay in the same two runs: a segment of length ``L`` is ``L`` vertical pairs. Every run start
+    is a segment start, so counting starts along the segments numbers the runs (no search). Under 8-connectivity the
+    diagonal pairs follow from the same segments: ``L - 1`` of each direction inside a segment, and one of each
+    direction across the border of two consecutive segments of a row (upper run of one, lower run of the other).
     """
     batch, height, width = start_mask.shape
-    xa0, xa1 = max(0, -dx), width - max(0, dx)
-    span = xa1 - xa0
-    top = start_mask[:, :-1, xa0:xa1]  # (B, H-1, W')
-    bottom = start_mask[:, 1:, xa0 + dx: xa1 + dx]
-    brk = top | bottom
-    brk[:, :, 0] = True
-    q = xp.flatnonzero(brk)  # in the (B, H-1, W') grid; each grid row starts with a breakpoint
-    length = xp.cat([q[1:], xp.full(1, batch * (height - 1) * span, q)]) - q
-    if dx == 0:
-        # Every run start of rows 0..H-2 (top) and 1..H-1 (bottom) is a breakpoint, so counting them along the
-        # breakpoints numbers the runs: no search needed. Across images, skip the rows the views leave out.
-        above = xp.i64(top.reshape(-1)[q]).cumsum(0) - 1
-        below = xp.i64(bottom.reshape(-1)[q]).cumsum(0) - 1
-        first_row = xp.i64(start_mask[:, 0].sum(1))  # (B,) runs in each image's first and last row
-        if batch == 1:
-            return above, below + first_row[0], length
+    top = start_mask[:, :-1]  # (B, H-1, W): starts of rows 0..H-2
+    bottom = start_mask[:, 1:]  # starts of rows 1..H-1
+    q = xp.flatnonzero(top | bottom)  # segment starts; column 0 is a run start in every row
+    length = xp.cat([q[1:], xp.full(1, batch * (height - 1) * width, q)]) - q
+    above = xp.i64(top.reshape(-1)[q]).cumsum(0) - 1
+    below = xp.i64(bottom.reshape(-1)[q]).cumsum(0) - 1
+    first_row = xp.i64(start_mask[:, 0].sum(1))  # (B,) runs in each image's first row
+    if batch == 1:
+        below = below + first_row[0]
+    else:  # the views leave out each image's last row (above) and first row (below): skip their runs
         last_row = xp.i64(start_mask[:, -1].sum(1))
-        img = q // ((height - 1) * span)
-        skipped_above = xp.cat([xp.full(1, 0, q), last_row.cumsum(0)[:-1]])
-        return above + skipped_above[img], below + first_row.cumsum(0)[img], length
-    row = q // span
-    rows = xp.arange(batch * (height - 1), q)
-    img = rows // (height - 1)
-    pa = ((img * height + (rows - img * (height - 1))) * width + xa0)[row] + (q - row * span)
-    ra = xp.searchsorted_right(runs.start, pa) - 1
-    rb = xp.searchsorted_right(runs.start, pa + width + dx) - 1
-    return ra, rb, length
+        img = q // ((height - 1) * width)
+        above = above + xp.cat([xp.full(1, 0, q), last_row.cumsum(0)[:-1]])[img]
+        below = below + first_row.cumsum(0)[img]
+    if connectivity == 4:
+        return above, below, length
+    border = xp.flatnonzero(q[1:] % width != 0)  # segment i + 1 continues segment i's row
+    ones = xp.full(int(border.shape[0]), 1, q)
+    return (xp.cat([above, above[border], above[border + 1]]), xp.cat([below, below[border + 1], below[border]]),
+            xp.cat([3 * length - 2, ones, ones]))
 
 
-def connected_runs(runs: Runs, segments: list[tuple[Any, Any, Any]], xp: Any) -> Any:
-    """``(R,)`` root of each run's connected region: the region's smallest run index (union-find over runs)."""
+def connected_runs(runs: Runs, contacts: tuple[Any, Any, Any] | None, xp: Any) -> Any:
+    """``(R,)`` root of each run's connected region (the region's smallest run index): union-find over the runs,
+    joined where ``contacts`` (:func:`run_contacts`) touch with the same label."""
     num_runs = int(runs.start.shape[0])
     parent = xp.arange(num_runs, runs.start)
-    if not segments:
+    if contacts is None:
         return parent
-    us, vs = [], []
-    for ra, rb, _ in segments:
-        keep = runs.label[ra] == runs.label[rb]
-        us.append(ra[keep])
-        vs.append(rb[keep])
-    u, v = xp.cat(us), xp.cat(vs)
+    above, below, _ = contacts
+    keep = runs.label[above] == runs.label[below]
+    u, v = above[keep], below[keep]
     # Hook each larger root under the smallest root it touches, then jump pointers until every run points at a
     # root. Roots only decrease, so this terminates; ADE20K-like maps need a handful of rounds.
     while True:
