@@ -281,17 +281,20 @@ def test_batch_equals_single_builds(granularity, tolerance):
     assert builder.build_batch(maps[:0]) == []
 
 
-@pytest.mark.parametrize("granularity", ["class", "region"])
-def test_torch_and_numpy_give_identical_graphs(granularity):
+@pytest.mark.parametrize("granularity,connectivity,tolerance",
+                         [("class", 4, 1), ("region", 4, 1), ("class", 8, 0), ("region", 8, 0)])
+def test_torch_and_numpy_give_identical_graphs(granularity, connectivity, tolerance):
     maps = _random_maps(seed=3)
-    builder = SceneGraphBuilder(granularity=granularity, connectivity=4, tolerance=1, min_area=2)
-    reference = builder.build_batch(maps)
+    settings = {"granularity": granularity, "connectivity": connectivity, "tolerance": tolerance, "min_area": 2}
+    builder = SceneGraphBuilder(**settings)
+    reference, reference_maps = builder.build_batch(maps, return_node_map=True)
     as_tensor = builder.build_batch(torch.from_numpy(maps))
     as_uint8 = builder.build_batch(torch.from_numpy(maps.astype(np.uint8)))
-    torch_backend = SceneGraphBuilder(granularity=granularity, connectivity=4, tolerance=1, min_area=2,
-                                      backend="torch").build_batch(torch.from_numpy(maps))
+    torch_backend, node_maps = SceneGraphBuilder(**settings, backend="torch").build_batch(torch.from_numpy(maps),
+                                                                                          return_node_map=True)
     for ref, a, b, c in zip(reference, as_tensor, as_uint8, torch_backend):
         assert ref.equal(a) and ref.equal(b) and ref.equal(c)
+    assert torch.equal(reference_maps, node_maps)
 
 
 # ---------------------------------------------------------------------------------------------------- pooling
