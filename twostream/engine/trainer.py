@@ -241,7 +241,10 @@ def train(cfg: Config, *, resume: str | None = None, fresh: bool = False) -> dic
 
     train_model: nn.Module = model
     if dist_info.enabled:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # A trainable segmenter's classifier only feeds an argmax in the classifier stage: it gets no gradient.
+        unused = task.stage == "classifier" and cfg.model.segmenter.trainable
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=unused)
     if tcfg.compile:
         train_model = torch.compile(train_model)
 
