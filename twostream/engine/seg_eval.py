@@ -23,17 +23,93 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from twostream.data.classes import IGNORE_INDEX, ClassTable
 
-__all__ = ["evaluate_segmenter"]
+__all__ = ["SegMetrics", "check_same_table", "evaluate_segmenter"]
 
 
 def _device_of(module: nn.Module) -> torch.device:
     for tensor in (*module.parameters(), *module.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+class SegMetrics:
+    """Accumulates segmentation statistics over batches: ``update(pred, target)``, then ``compute()``.
+
+    Args:
+        class_table: the annotations' label set (predictions must use it too).
+        device: where the statistics live.
+        ignore_background: leave pixels annotated ``class_table.background`` (ADE20K ``other``) unscored.
+    """
+
+    def __init__(self, class_table: ClassTable, device: torch.device | str = "cpu",
+                 ignore_background: bool = True) -> None:
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+        self.class_table = class_table
+        k = self.k = len(class_table)
+        kwargs = {"num_classes": k, "ignore_index": IGNORE_INDEX, "validate_args": False}
+        self.iou = MulticlassJaccardIndex(average="none", zero_division=math.nan, **kwargs).to(device)
+        self.pixel_acc = MulticlassAccuracy(average="micro", **kwargs).to(device)
+        self.class_acc = MulticlassAccuracy(average="none", **kwargs).to(device)
+        # annotated pixels per class and the image count: summed over ranks in compute()
+        self.counts = torch.zeros(k + 1, dtype=torch.long, device=device)
+        self.background = class_table.background if ignore_background else None
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """``pred`` ``(B, H, W)`` labels (or ``(B, K, h, w)`` logits, resized to the target), ``target`` ``(B, H, W)``
+        labels of ``class_table`` with 255 = ignore."""
+        target = target.to(self.counts.device).long()
+        if pred.ndim == 4:
+            if pred.shape[-2:] != target.shape[-2:]:
+                pred = F.interpolate(pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+            pred = pred.argmax(dim=1)
+        pred = pred.to(self.counts.device)
+        target = torch.where((target < 0) | (target >= self.k), IGNORE_INDEX, target)
+        if self.background is not None:
+            target = torch.where(target == self.background, IGNORE_INDEX, target)
+        self.iou.update(pred, target)
+        self.pixel_acc.update(pred, target)
+        self.class_acc.update(pred, target)
+        self.counts[: self.k] += torch.bincount(target[target != IGNORE_INDEX], minlength=self.k)[: self.k]
+        self.counts[self.k] += int(target.shape[0])
+
+    def compute(self) -> dict:
+        """``{"miou", "pixel_accuracy", "mean_accuracy", "per_class_iou", "num_images"}`` (module docstring)."""
+        from twostream.engine.distributed import all_reduce_sum
+
+        counts = all_reduce_sum(self.counts).cpu()
+        annotated, num_images = counts[: self.k], int(counts[self.k])
+        k, class_table = self.k, self.class_table
+        per_iou = self.iou.compute().double().cpu()  # (K,), NaN where prediction and annotation never met the class
+        recall = self.class_acc.compute().double().cpu()
+        scored = torch.ones(k, dtype=torch.bool)
+        if self.background is not None:
+            scored[self.background] = False
+        valid_iou = scored & ~torch.isnan(per_iou)
+        short = class_table.short_names  # ADE has two 'screen's: those keep their full names
+        names = [n if short.count(n) == 1 else full for n, full in zip(short, class_table.names)]
+        has_gt = scored & (annotated > 0)
+        return {
+            "miou": float(per_iou[valid_iou].mean()) if valid_iou.any() else float("nan"),
+            "pixel_accuracy": float(self.pixel_acc.compute()) if num_images else float("nan"),
+            "mean_accuracy": float(recall[has_gt].mean()) if has_gt.any() else float("nan"),
+            "per_class_iou": {names[c]: (None if math.isnan(v) else v) for c, v in enumerate(per_iou.tolist())
+                              if scored[c]},
+            "num_images": num_images,
+        }
+
+
+def check_same_table(segmenter_table: ClassTable, class_table: ClassTable) -> None:
+    """mIoU compares labels of one table; raise ``ValueError`` naming both when they differ."""
+    if tuple(segmenter_table.names) != tuple(class_table.names):
+        raise ValueError(f"evaluate_segmenter: the segmenter predicts labels of '{segmenter_table.name}' "
+                         f"({len(segmenter_table)} classes) but the annotations use '{class_table.name}' "
+                         f"({len(class_table)} classes); mIoU against {class_table.name} annotations is undefined "
+                         "for another label set: use a checkpoint whose class names align with it")
 
 
 @torch.no_grad()
@@ -57,25 +133,10 @@ def evaluate_segmenter(segmenter: nn.Module, loader: Iterable[dict | None], clas
     Raises:
         ValueError: the segmenter's class table is not ``class_table``.
     """
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
-
     inner = getattr(segmenter, "module", segmenter)
-    seg_table: ClassTable = inner.class_table
-    if tuple(seg_table.names) != tuple(class_table.names):
-        raise ValueError(f"evaluate_segmenter: the segmenter predicts labels of '{seg_table.name}' "
-                         f"({len(seg_table)} classes) but the annotations use '{class_table.name}' "
-                         f"({len(class_table)} classes); mIoU against {class_table.name} annotations is undefined "
-                         "for another label set: use a checkpoint whose class names align with it")
+    check_same_table(inner.class_table, class_table)
     device = torch.device(device) if device is not None else _device_of(inner)
-    k = len(class_table)
-    kwargs = {"num_classes": k, "ignore_index": IGNORE_INDEX, "validate_args": False}
-    iou = MulticlassJaccardIndex(average="none", zero_division=math.nan, **kwargs).to(device)
-    pixel_acc = MulticlassAccuracy(average="micro", **kwargs).to(device)
-    class_acc = MulticlassAccuracy(average="none", **kwargs).to(device)
-    annotated = torch.zeros(k, dtype=torch.long, device=device)
-    background = class_table.background if ignore_background else None
-    num_images = 0
-
+    metrics = SegMetrics(class_table, device=device, ignore_background=ignore_background)
     was_training = segmenter.training
     segmenter.eval()
     try:
@@ -83,37 +144,9 @@ def evaluate_segmenter(segmenter: nn.Module, loader: Iterable[dict | None], clas
             if batch is None:
                 continue
             images = batch["image"].to(device, non_blocking=True)
-            target = batch["sem_seg"].to(device, non_blocking=True).long()
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = segmenter(images)["sem_logits"]  # (B, K, H, W)
-            if logits.shape[-2:] != target.shape[-2:]:
-                logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-            pred = logits.argmax(dim=1)  # (B, H, W)
-            target = torch.where((target < 0) | (target >= k), IGNORE_INDEX, target)
-            if background is not None:
-                target = torch.where(target == background, IGNORE_INDEX, target)
-            iou.update(pred, target)
-            pixel_acc.update(pred, target)
-            class_acc.update(pred, target)
-            annotated += torch.bincount(target[target != IGNORE_INDEX], minlength=k)[:k]
-            num_images += int(images.shape[0])
+            metrics.update(logits, batch["sem_seg"])
     finally:
         segmenter.train(was_training)
-
-    per_iou = iou.compute().double()  # (K,), NaN where prediction and annotation never met the class
-    recall = class_acc.compute().double()
-    scored = torch.ones(k, dtype=torch.bool, device=per_iou.device)
-    if background is not None:
-        scored[background] = False
-    valid_iou = scored & ~torch.isnan(per_iou)
-    short = class_table.short_names  # ADE has two 'screen's: those keep their full names
-    names = [n if short.count(n) == 1 else full for n, full in zip(short, class_table.names)]
-    has_gt = scored & (annotated.to(per_iou.device) > 0)
-    return {
-        "miou": float(per_iou[valid_iou].mean()) if valid_iou.any() else float("nan"),
-        "pixel_accuracy": float(pixel_acc.compute()) if num_images else float("nan"),
-        "mean_accuracy": float(recall[has_gt].mean()) if has_gt.any() else float("nan"),
-        "per_class_iou": {names[c]: (None if math.isnan(v) else v) for c, v in enumerate(per_iou.tolist())
-                          if scored[c]},
-        "num_images": num_images,
-    }
+    return metrics.compute()
