@@ -237,6 +237,8 @@ def test_bad_input():
         builder(np.array([[1, 300]]))
     with pytest.raises(ValueError, match="-1"):
         builder(torch.tensor([[1, -1]]))
+    with pytest.raises(ValueError, match="-3"):
+        builder(np.array([[1, -3]], np.int8))
     with pytest.raises(ValueError, match="empty label map"):
         builder(np.zeros((0, 4), np.int64))
     with pytest.raises(ValueError, match="granularity"):

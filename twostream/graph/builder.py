@@ -334,10 +334,11 @@ class SceneGraphBuilder:
             # A narrowing cast would wrap out-of-range labels onto valid ones: range-check first (the exact check of
             # every label against the table happens on the runs, which are far fewer than pixels).
             if array.size:
-                if array.dtype.kind == "i":  # one pass: viewed as unsigned, negative labels become huge
+                if array.dtype.kind == "i" and array.dtype.itemsize >= 2:
+                    # one pass: viewed as unsigned, a negative label becomes at least 2**15 > top
                     out_of_range = int(array.view(array.dtype.str.replace("i", "u")).max()) > top
                 else:
-                    out_of_range = int(array.max()) > top
+                    out_of_range = int(array.min()) < 0 or int(array.max()) > top
                 if out_of_range:
                     bad = array[(array < 0) | (array > top)]
                     raise self._label_error(int(bad.max()), int(bad.min()))
@@ -362,9 +363,9 @@ class SceneGraphBuilder:
 
     def _check_labels(self, runs: Runs, xp: Any) -> None:
         """Every label must be a class of the table or the ignore label (checked on runs: one entry per run)."""
-        if int(runs.label.max()) < len(self.class_table):
+        if int(runs.label.max()) < len(self.class_table) and int(runs.label.min()) >= 0:
             return
-        bad = runs.label >= len(self.class_table)
+        bad = (runs.label >= len(self.class_table)) | (runs.label < 0)
         if self.ignore_index is not None:
             bad &= runs.label != self.ignore_index
         if bool(bad.any()):
@@ -415,7 +416,7 @@ class SceneGraphBuilder:
 
         # Edges: count touching pixel pairs per pair of nodes, over the half neighbourhood.
         if self.granularity == "class":
-            na, nb, weight = self._class_pairs(lab, runs, start_mask, group_node, xp)
+            na, nb, weight = self._class_pairs(lab, runs, start_mask, group_area, group_node, xp)
         else:
             na, nb, weight = self._region_pairs(lab, runs, run_node, contacts, xp)
         src, dst, e_img, boundary = self._edges(na, nb, weight, node_image, first, per_image, batch, xp)
@@ -423,11 +424,19 @@ class SceneGraphBuilder:
                       edge_image=e_img, src=src, dst=dst, boundary=boundary, run_node=run_node, node_first=first,
                       runs=runs)
 
-    def _class_pairs(self, lab: Any, runs: Runs, start_mask: Any, group_node: Any,
+    def _class_pairs(self, lab: Any, runs: Runs, start_mask: Any, group_area: Any, group_node: Any,
                      xp: Any) -> tuple[Any, Any, Any]:
-        """Class granularity: touching pixel pairs counted per (image, label, label) code, then mapped to nodes."""
+        """Class granularity: touching pixel pairs counted per (image, label, label) code, then mapped to nodes.
+
+        Labels are renumbered among those present in the batch (``P`` of them, ~20 for an ADE20K image) so that
+        the codes span ``B * P * P`` values: a small ``bincount``.
+        """
         batch, height, width = lab.shape
         nv = self._num_values
+        present = xp.flatnonzero(group_area.reshape(batch, nv).sum(0) > 0)  # (P,) labels with pixels
+        rank = xp.full(nv, 0, present)
+        rank[present] = xp.arange(int(present.shape[0]), present)
+        num_present = int(present.shape[0])
         flat = lab.reshape(-1)
         diagonal_shortcut = self.connectivity == 8 and self.tolerance == 0
         positions = []  # (p, d): pairs (p, p + d)
@@ -435,8 +444,8 @@ class SceneGraphBuilder:
         for dy, dx in self._edge_offsets:
             if (dy, dx) == (0, 1):  # horizontal neighbours that differ are exactly consecutive runs of one row
                 same_row = runs.x0[1:] != 0
-                code = runs.label[:-1][same_row] * nv + runs.label[1:][same_row]
-                codes.append(code if batch == 1 else code + runs.image[1:][same_row] * (nv * nv))
+                code = rank[runs.label[:-1][same_row]] * num_present + rank[runs.label[1:][same_row]]
+                codes.append(code if batch == 1 else code + runs.image[1:][same_row] * (num_present * num_present))
             elif not (diagonal_shortcut and dy == 1 and dx != 0):
                 positions.append((offset_positions(lab, xp, dy, dx), dy * width + dx))
         if diagonal_shortcut:
@@ -444,11 +453,11 @@ class SceneGraphBuilder:
             for dx in (-1, 1):
                 positions.extend((p, width + dx) for p in diagonal_positions(lab, runs, vertical, start_mask, dx))
         for p, d in positions:
-            code = xp.i64(flat[p]) * nv + xp.i64(flat[p + d])
-            codes.append(code if batch == 1 else code + (p // (height * width)) * (nv * nv))
-        ucode, ucount = self._count_codes(xp.cat(codes), None, batch * nv * nv, xp)
-        img = ucode // (nv * nv)
-        a, b = (ucode // nv) % nv, ucode % nv
+            code = rank[xp.as_index(flat[p])] * num_present + rank[xp.as_index(flat[p + d])]
+            codes.append(code if batch == 1 else code + (p // (height * width)) * (num_present * num_present))
+        ucode, ucount = self._count_codes(xp.cat(codes), None, batch * num_present * num_present, xp)
+        img = ucode // (num_present * num_present)
+        a, b = present[(ucode // num_present) % num_present], present[ucode % num_present]
         na, nb = group_node[img * nv + a], group_node[img * nv + b]  # -1 for void labels
         keep = (na >= 0) & (nb >= 0)
         return na[keep], nb[keep], ucount[keep]
