@@ -62,6 +62,12 @@ def make_run(folder: Path, *overrides: str, seed: int = 0) -> Path:
     return folder
 
 
+def shared_run(tmp_path_factory) -> Path:
+    """One default run folder per test session, shared by both inference test files (building it takes seconds)."""
+    folder = tmp_path_factory.getbasetemp() / "infer-shared-run" / "quickstart"
+    return folder if (folder / "best.pth").is_file() else make_run(folder)
+
+
 def photos() -> dict[str, np.ndarray]:
     """The real photographs of skimage.data at their native sizes, ``(H, W, 3)`` uint8."""
     from skimage import data

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from infer_fixtures import SCENES, SIZE, make_run, photos
+from infer_fixtures import SCENES, SIZE, make_run, photos, shared_run
 from PIL import Image
 
 from twostream.data.io import load_image
@@ -34,7 +34,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("run") / "quickstart")
+    return shared_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -150,19 +150,19 @@ def test_rejects_arrays_that_are_not_rgb_uint8(predictor):
 def test_checkpoint_file_and_safetensors_export_predict_alike(run, predictor, images, predictions, tmp_path):
     export = export_safetensors(run / "best.pth", tmp_path / "export").parent
     image = images["chelsea"]
-    for source in (run / "best.pth", export, export / "model.safetensors"):
+    for source in (run / "best.pth", export / "model.safetensors"):  # the export folder: tests/test_infer_tool.py
         [pred] = Predictor.from_checkpoint(source).predict([image], topk=3)
         assert [s for s, _ in pred.scenes] == [s for s, _ in predictions[3].scenes], source
         np.testing.assert_allclose([p for _, p in pred.scenes], [p for _, p in predictions[3].scenes], atol=1e-5)
         assert pred.graph.labels.tolist() == predictions[3].graph.labels.tolist(), source
 
 
-def test_segmenter_only_from_a_checkpoint(run, images, predictions):
+def test_segmenter_only_from_a_checkpoint(run, predictor, images):
     seg = Predictor.from_segmenter(f"upsnet:{run / 'best.pth'}")
     assert seg.model is None
     [pred] = seg.predict([images["coffee"]])
     assert pred.scenes == [] and pred.to_json()["scenes"] == []
-    [same] = Predictor.from_checkpoint(run).predict([images["coffee"]])
+    [same] = predictor.predict([images["coffee"]])
     assert pred.graph.equal(same.graph)  # the classifier's own segmenter: the same graph
     np.testing.assert_array_equal(pred.sem_map, same.sem_map)
 

@@ -20,6 +20,7 @@ import glob
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from twostream.inference import Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["expand_inputs", "format_prediction", "image_extensions", "run_inference", "save_label_png",
+__all__ = ["BadInput", "expand_inputs", "format_prediction", "image_extensions", "run_inference", "save_label_png",
            "unique_stems", "write_outputs"]
 
 _GLOB_CHARS = set("*?[")
@@ -49,28 +50,35 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
-def expand_inputs(specs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Command-line inputs -> ``(files in order, without repeats; errors as (input, reason))``.
+@dataclass(frozen=True)
+class BadInput:
+    """A command-line input that names no readable file: ``spec`` as given and why, in words."""
+
+    spec: str
+    reason: str
+
+
+def expand_inputs(specs: Sequence[str]) -> list[Path | BadInput]:
+    """Command-line inputs -> files (and :class:`BadInput` s) in the order given, each file once.
 
     A path that exists is used as it is (a folder: its image files, sorted); a path that does not exist is kept, so
     reading it reports "not found" in the same place as any other unreadable file, unless it holds glob characters:
-    then it is a pattern, and one that matches nothing is an error.
+    then it is a pattern (``**`` recurses), and one that matches nothing is a :class:`BadInput`.
     """
     exts = image_extensions()
-    files: list[Path] = []
-    errors: list[tuple[str, str]] = []
+    entries: list[Path | BadInput] = []
     seen: set[Path] = set()
 
     def add(path: Path) -> None:
         key = path.resolve()
         if key not in seen:
             seen.add(key)
-            files.append(path)
+            entries.append(path)
 
     def add_folder(folder: Path) -> None:
         images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
         if not images:
-            errors.append((str(folder), "folder holds no image files"))
+            entries.append(BadInput(str(folder), "folder holds no image files"))
         for p in images:
             add(p)
 
@@ -83,10 +91,10 @@ def expand_inputs(specs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str
         else:
             matches = sorted(glob.glob(spec, recursive=True))
             if not matches:
-                errors.append((spec, "no file matches this pattern"))
+                entries.append(BadInput(spec, "no file matches this pattern"))
             for m in matches:
                 (add_folder if Path(m).is_dir() else add)(Path(m))
-    return files, errors
+    return entries
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -191,49 +199,54 @@ def run_inference(predictor: Predictor, specs: Sequence[str], *, topk: int = 5, 
                   ) -> list[dict]:
     """Predict for every input of ``specs`` (files, folders, patterns), ``batch_size`` images at a time.
 
-    Returns one record per input (patterns that matched nothing first, then the files in order):
-    ``{"input", "ok": true, "output_stem", "image_size", "scenes", "graph", "outputs"}`` (``outputs`` with
-    ``out_dir``: kind -> path) or ``{"input", "ok": false, "error"}``, the error one line naming the input.
-    ``on_record(record, prediction or None)`` is called as each record is complete.
+    Returns one record per input, in the order given: ``{"input", "ok": true, "output_stem", "image_size",
+    "scenes", "graph", "outputs"}`` (``outputs`` with ``out_dir``: kind -> path) or ``{"input", "ok": false,
+    "error"}``, the error one line naming the input. ``on_record(record, prediction or None)`` is called as each
+    record is complete: patterns that match nothing first, then files as their batch finishes.
     """
-    files, bad_specs = expand_inputs(specs)
-    stems = unique_stems(files)
-    records: list[dict] = []
+    entries = expand_inputs(specs)
+    records: list[dict | None] = [None] * len(entries)
 
-    def emit(record: dict, pred: Prediction | None = None) -> None:
-        records.append(record)
+    def emit(slot: int, record: dict, pred: Prediction | None = None) -> None:
+        records[slot] = record
         if on_record is not None:
             on_record(record, pred)
 
-    def fail(name: str, reason: str) -> None:
-        emit({"input": name, "ok": False, "error": reason})
+    def fail(slot: int, name: str, reason: str) -> None:
+        emit(slot, {"input": name, "ok": False, "error": reason})
 
-    for spec, reason in bad_specs:
-        fail(spec, f"{spec}: {reason}")
+    slots = [i for i, e in enumerate(entries) if isinstance(e, Path)]
+    files = [entries[i] for i in slots]
+    stems = unique_stems(files)
+    for i, e in enumerate(entries):
+        if isinstance(e, BadInput):
+            fail(i, e.spec, f"{e.spec}: {e.reason}")
     for start in range(0, len(files), batch_size):
         batch = []
-        for path, stem in zip(files[start:start + batch_size], stems[start:start + batch_size]):
+        for slot, path, stem in zip(slots[start:start + batch_size], files[start:start + batch_size],
+                                    stems[start:start + batch_size]):
             try:
-                batch.append((path, stem, load_image(path)))
+                batch.append((slot, path, stem, load_image(path)))
             except DataError as e:
-                fail(str(path), str(e))
+                fail(slot, str(path), str(e))
         if not batch:
             continue
         try:
-            preds = predictor.predict([im for _, _, im in batch], topk=topk, batch_size=len(batch))
+            preds = predictor.predict([im for *_, im in batch], topk=topk, batch_size=len(batch))
         except (RuntimeError, ValueError) as e:  # e.g. out of memory: these inputs fail, the others carry on
             log.debug("prediction failed", exc_info=True)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            for path, _, _ in batch:
-                fail(str(path), f"{path}: prediction failed ({type(e).__name__}: {first})")
+            for slot, path, _, _ in batch:
+                fail(slot, str(path), f"{path}: prediction failed ({type(e).__name__}: {first})")
             continue
-        for (path, stem, image), pred in zip(batch, preds):
+        for (slot, path, stem, image), pred in zip(batch, preds):
             record = {"input": str(path), "ok": True, "output_stem": stem, **pred.to_json()}
             if out_dir is not None:
                 try:
                     record["outputs"] = write_outputs(out_dir, stem, image, pred, path)
                 except OSError as e:
-                    fail(str(path), f"{path}: cannot write outputs to {out_dir}: {e}")
+                    fail(slot, str(path), f"{path}: cannot write outputs to {out_dir}: {e}")
                     continue
-            emit(record, pred)
+            emit(slot, record, pred)
+    assert all(r is not None for r in records)
     return records
