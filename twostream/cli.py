@@ -18,7 +18,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from twostream.engine.checkpoint import CheckpointError
     from twostream.engine.trainer import TrainingError
 
-    return (ConfigError, CheckpointError, TrainingError, DataError, FileNotFoundError)
+    # ValueError: the project raises it (with one line naming the thing) for every other user mistake.
+    return (ConfigError, CheckpointError, TrainingError, DataError, FileNotFoundError, ValueError)
 
 
 def run_cli(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], int]) -> int:
@@ -28,7 +29,7 @@ def run_cli(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[a
     try:
         return main(args)
     except _user_errors() as e:
-        logging.getLogger("twostream").debug("details", exc_info=True)
+        logging.getLogger("twostream").debug("details", exc_info=True)  # --log-level DEBUG shows the traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
