@@ -130,3 +130,27 @@ def test_builder_wires_instance_and_panoptic_heads():
     assert model.panoptic_head.stuff_ids == STUFF and len(STUFF) == 36  # 35 stuff classes + 'other'
     with pytest.raises(ValueError, match="instance head has 5 classes"):
         UPSNet(backbone=model.backbone, class_table=TABLE, instance_head=InstanceHead(32, 5))
+
+
+def test_synthetic_instance_annotations_train_the_instance_head(tmp_path):
+    """The data side's instance PNGs (R = class, G = index), read by the real readers, drive every head."""
+    from twostream.data.io import load_image, load_label, read_instances
+    from twostream.data.synthetic import make_synthetic
+
+    make_synthetic(tmp_path, train_per_scene=1, val_per_scene=0, size=(96, 128), instances=True,
+                   scenes=["street", "living_room"])
+    stems = sorted(p.stem for p in (tmp_path / "images" / "training").glob("*.jpg"))
+    assert len(stems) == 2
+    images, sems, instances = [], [], []
+    for stem in stems:
+        images.append(torch.from_numpy(load_image(tmp_path / "images" / "training" / f"{stem}.jpg")))
+        sems.append(torch.from_numpy(load_label(tmp_path / "annotations" / "training" / f"{stem}.png")).long())
+        inst = read_instances(tmp_path / "annotations_instance" / "training" / f"{stem}.png")
+        instances.append({k: torch.from_numpy(v) for k, v in inst.items()})
+    images = torch.stack(images).permute(0, 3, 1, 2).float() / 255  # (2, 96, 128, 3) uint8 -> (2, 3, 96, 128)
+    assert all(len(i["labels"]) > 0 for i in instances)
+    model = tiny_panoptic_upsnet().train()
+    losses = model(images, {"sem_seg": torch.stack(sems), "instances": instances})["losses"]
+    assert len(losses) == 7 and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.instance_head.parameters())
