@@ -31,7 +31,8 @@ __all__ = ["ConvNormAct", "InstanceHead", "SemanticHead"]
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with the largest group count <= ``max_groups`` that divides ``channels`` (32 for 128 channels)."""
+    """GroupNorm with up to ``max_groups`` groups of at least 4 channels: 32 groups for UPSNet's 128 channels; at toy
+    widths (16 channels -> 4 groups) a group never shrinks to one channel, which would make it an instance norm."""
     return nn.GroupNorm(math.gcd(max_groups, max(channels // 4, 1)), channels)
 
 
