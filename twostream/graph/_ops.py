@@ -41,11 +41,6 @@ class NumpyOps:
         return x.astype(np.int64, copy=False)
 
     @staticmethod
-    def as_index(x: np.ndarray) -> np.ndarray:
-        """``x`` usable as an index array (numpy takes any integer dtype)."""
-        return x
-
-    @staticmethod
     def count(x: np.ndarray, n: int) -> np.ndarray:
         return np.bincount(x, minlength=n)
 
@@ -156,11 +151,6 @@ class TorchOps:
 
     @staticmethod
     def i64(x: Tensor) -> Tensor:
-        return x.long()
-
-    @staticmethod
-    def as_index(x: Tensor) -> Tensor:
-        """``x`` usable as an index tensor (torch reads a uint8 index tensor as a boolean mask)."""
         return x.long()
 
     @staticmethod

@@ -33,7 +33,7 @@ from twostream.graph.pooling import pool_run_features
 from twostream.graph.runs import (
     Runs,
     connected_runs,
-    diagonal_positions,
+    diagonal_label_pairs,
     find_runs,
     offset_positions,
     run_contacts,
@@ -439,27 +439,32 @@ class SceneGraphBuilder:
         num_present = int(present.shape[0])
         flat = lab.reshape(-1)
         diagonal_shortcut = self.connectivity == 8 and self.tolerance == 0
-        positions = []  # (p, d): pairs (p, p + d)
-        codes = []
+        pairs = []  # (a labels, b labels, image or None, pixel pairs each or None for 1)
         for dy, dx in self._edge_offsets:
             if (dy, dx) == (0, 1):  # horizontal neighbours that differ are exactly consecutive runs of one row
                 same_row = runs.x0[1:] != 0
-                code = rank[runs.label[:-1][same_row]] * num_present + rank[runs.label[1:][same_row]]
-                codes.append(code if batch == 1 else code + runs.image[1:][same_row] * (num_present * num_present))
+                pairs.append((runs.label[:-1][same_row], runs.label[1:][same_row],
+                              runs.image[1:][same_row] if batch > 1 else None, None))
             elif not (diagonal_shortcut and dy == 1 and dx != 0):
-                positions.append((offset_positions(lab, xp, dy, dx), dy * width + dx))
-        if diagonal_shortcut:
-            vertical = positions[0][0]
-            for dx in (-1, 1):
-                positions.extend((p, width + dx) for p in diagonal_positions(lab, runs, vertical, start_mask, dx))
-        for p, d in positions:
-            code = rank[xp.as_index(flat[p])] * num_present + rank[xp.as_index(flat[p + d])]
-            codes.append(code if batch == 1 else code + (p // (height * width)) * (num_present * num_present))
-        ucode, ucount = self._count_codes(xp.cat(codes), None, batch * num_present * num_present, xp)
+                p = offset_positions(lab, xp, dy, dx)
+                image = p // (height * width) if batch > 1 else None
+                pair = (xp.i64(flat[p]), xp.i64(flat[p + dy * width + dx]), image, None)
+                if (dy, dx) == (1, 0) and diagonal_shortcut:
+                    diagonal, extra = diagonal_label_pairs(lab, runs, p, start_mask, xp)
+                    pair = (*pair[:3], extra + 1)  # a vertical change also stands for 0-2 diagonal pairs
+                    pairs.extend((*d, None) for d in diagonal)
+                pairs.append(pair)
+        codes = rank[xp.cat([a for a, _, _, _ in pairs])] * num_present + rank[xp.cat([b for _, b, _, _ in pairs])]
+        if batch > 1:
+            codes = codes + xp.cat([img for _, _, img, _ in pairs]) * (num_present * num_present)
+        weight = None
+        if any(w is not None for _, _, _, w in pairs):
+            weight = xp.cat([w if w is not None else xp.full(int(a.shape[0]), 1, a) for a, _, _, w in pairs])
+        ucode, ucount = self._count_codes(codes, weight, batch * num_present * num_present, xp)
         img = ucode // (num_present * num_present)
         a, b = present[(ucode // num_present) % num_present], present[ucode % num_present]
         na, nb = group_node[img * nv + a], group_node[img * nv + b]  # -1 for void labels
-        keep = (na >= 0) & (nb >= 0)
+        keep = (na >= 0) & (nb >= 0) & (a != b)
         return na[keep], nb[keep], ucount[keep]
 
     def _region_pairs(self, lab: Any, runs: Runs, run_node: Any, contacts: tuple[Any, Any, Any] | None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Runs", "connected_runs", "diagonal_positions", "find_runs", "offset_positions", "run_contacts"]
+__all__ = ["Runs", "connected_runs", "diagonal_label_pairs", "find_runs", "offset_positions", "run_contacts"]
 
 
 @dataclass
@@ -64,29 +64,33 @@ def offset_positions(cmp: Any, xp: Any, dy: int, dx: int) -> Any:
     return q
 
 
-def diagonal_positions(lab: Any, runs: Runs, vertical: Any, start_mask: Any, dx: int) -> tuple[Any, Any]:
-    """8-connectivity without tolerance: positions ``p`` of the differing diagonal pairs ``(p, p + W + dx)`` of a
-    label map, found next to run starts and ``vertical`` changes (positions of differing ``(p, p + W)`` pairs)
-    instead of by another pass over the map. Returns two disjoint arrays of positions.
+def diagonal_label_pairs(lab: Any, runs: Runs, vertical: Any, start_mask: Any,
+                         xp: Any) -> tuple[list[tuple[Any, Any, Any]], Any]:
+    """8-connectivity without tolerance: the diagonal pixel pairs ``(p, p + W + dx)``, ``dx = +-1``, of a label map,
+    found beside run starts and the ``vertical`` changes (positions of the differing ``(p, p + W)`` pairs) instead of
+    by more passes over the map.
 
-    With ``A = p``, ``B = p + W + dx`` and ``C = p + dx`` (A's neighbour in its row, above B), ``A != B`` means
-    ``A != C`` (a run starts between them) or ``A == C != B`` (a vertical change under C): two disjoint sets.
+    With ``A = p``, ``B = p + W + dx`` and ``C = p + dx`` (A's row neighbour, above B), ``A != B`` means either
+    ``A != C``: a run starts between A and C, so A and C are two consecutive runs; or ``A == C != B``: C sits on a
+    vertical change whose label pair is the diagonal's. The two cases are disjoint.
+
+    Returns:
+        the label pairs ``(a, b, image)`` of the first case (``image`` is ``None`` for one map; pairs with
+        ``a == b`` are included and must be dropped by the caller), and per vertical change the number (0-2) of
+        diagonal pairs of the second case that share its label pair.
     """
-    width = lab.shape[2]
-    flat, starts_flat = lab.reshape(-1), start_mask.reshape(-1)
-    starts = runs.start[(runs.x0 >= 1) & (runs.y < lab.shape[1] - 1)]
-    s1 = starts - 1 if dx == 1 else starts  # A != C
-    s1 = s1[flat[s1] != flat[s1 + width + dx]]
+    batch, height, width = lab.shape
+    flat, starts = lab.reshape(-1), start_mask.reshape(-1)
+    index = xp.flatnonzero((runs.x0 >= 1) & (runs.y < height - 1))  # runs with a left neighbour and a row below
+    start = runs.start[index]
+    image = runs.image[index] if batch > 1 else None
+    # dx = +1: A is the last pixel of the run before, B is below the start; dx = -1: A is the start, B below-left.
+    pairs = [(runs.label[index - 1], xp.i64(flat[start + width]), image),
+             (runs.label[index], xp.i64(flat[start + width - 1]), image)]
     column = vertical % width
-    if dx == 1:
-        under = vertical[column >= 1]
-        s2 = under - 1
-        s2 = s2[~starts_flat[under]]  # A == C (no run starts at C) and C != B
-    else:
-        under = vertical[column <= width - 2]
-        s2 = under + 1
-        s2 = s2[~starts_flat[s2]]
-    return s1, s2
+    # dx = +1: C = the vertical change's upper pixel, A = C - 1 in the same run (no start at C); dx = -1: A = C + 1.
+    extra = xp.i64((column >= 1) & ~starts[vertical]) + xp.i64((column <= width - 2) & ~starts[vertical + 1])
+    return pairs, extra
 
 
 def run_contacts(start_mask: Any, connectivity: int, xp: Any) -> tuple[Any, Any, Any]:
