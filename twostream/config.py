@@ -124,7 +124,7 @@ class GraphConfig:
     # gt: graphs from annotations (an oracle upper bound); pred: graphs cached from a trained segmenter's predictions
     # (tools/build_graphs.py); online: the segmenter runs inside the model every step (needed for shared_backbone).
     source: Literal["gt", "pred", "online"] = "pred"
-    cache_dir: str = ""  # where cached graphs live; "" = <data.root>/graphs/<source>-<settings hash>
+    cache_dir: str = ""  # where cached graphs live; "" = <data.root>/graphs/<split>-<source>-<settings hash>
     pool_features: bool = False  # online only: node features pooled from the segmenter's feature map
 
 

@@ -18,8 +18,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from twostream.data.classes import IGNORE_INDEX
-
 log = logging.getLogger(__name__)
 
 __all__ = ["ResumableSampler", "ShardSampler", "WithGraphs", "collate"]
@@ -51,13 +49,8 @@ class WithGraphs(Dataset):
         item = self.dataset[index]
         if item is None:
             return None
-        if self.cache is not None:
-            graph = self.cache.get(item["name"])
-        else:
-            labels = item["sem_seg"]
-            # Pixels without supervision (crop padding) belong to no object: count them as 'other'.
-            labels = torch.where(labels == IGNORE_INDEX, torch.zeros_like(labels), labels)
-            graph = self.builder(labels)
+        # padding (255) belongs to no node
+        graph = self.cache.get(item["name"]) if self.cache is not None else self.builder(item["sem_seg"])
         item["graph"] = graph.to_pyg()
         return item
 

@@ -57,12 +57,10 @@ def _loader(dataset, cfg: Config, batch_size: int | None):
 
 def _graph_scores(builder, graphs, targets, metrics) -> None:
     """Add the match of each predicted graph against the graph of its annotation to ``metrics``."""
-    from twostream.data.classes import IGNORE_INDEX
     from twostream.graph.metrics import compare_label_maps
 
     for pred_map, target in zip(graphs, targets):
-        target = torch.where(target == IGNORE_INDEX, torch.zeros_like(target), target)
-        metrics.update(compare_label_maps(pred_map, target, builder))
+        metrics.update(compare_label_maps(pred_map, target, builder))  # padding (255) belongs to no node
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, split: str | None = None,

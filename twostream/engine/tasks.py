@@ -82,12 +82,14 @@ class ClassificationTask(_Task):
         from twostream.graph.builder import SceneGraphBuilder
 
         cfg = self.cfg
+        builder = SceneGraphBuilder.from_config(cfg.graph, self.class_table)
         if cfg.graph.source == "gt":
-            return WithGraphs(dataset, builder=SceneGraphBuilder.from_config(cfg.graph, self.class_table))
+            return WithGraphs(dataset, builder=builder)
         from twostream.graph.cache import GraphCache, default_cache_dir
 
         cache_dir = cfg.graph.cache_dir or default_cache_dir(cfg, split)
-        return WithGraphs(dataset, cache=GraphCache(cache_dir))
+        # settings: a cache built with another granularity/connectivity/... is refused, not silently used
+        return WithGraphs(dataset, cache=GraphCache(cache_dir, settings=builder.settings()))
 
     def build_model(self) -> nn.Module:
         from twostream.engine.checkpoint import load_segmenter
