@@ -273,6 +273,13 @@ def train(cfg: Config, *, resume: str | None = None, fresh: bool = False) -> dic
         }
 
     metrics: dict = {}
+    if state["epoch"] >= tcfg.epochs:
+        log.info("%s already finished its %d epochs; nothing to do (raise train.epochs to go on, or --fresh)",
+                 run_dir, tcfg.epochs)
+        if writer is not None:
+            writer.close()
+        D.cleanup()
+        return metrics
     try:
         for epoch in range(state["epoch"], tcfg.epochs):
             loaders.train_sampler.set_epoch(epoch)
