@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 
 from twostream.logger import setup_logging
@@ -26,6 +27,8 @@ def run_cli(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[a
     """Parse arguments, set up logging, run ``main``; a known user error prints ``error: <one line>`` and returns 2."""
     args = get_parser().parse_args()
     setup_logging(getattr(args, "log_level", "INFO"))
+    # torch_geometric's import calls torch.jit.script, which torch 2.9+ deprecates: noise for every tool run.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     try:
         return main(args)
     except _user_errors() as e:
