@@ -194,3 +194,23 @@ def test_real_ade20k_sample_annotations(tmp_path):
     assert graph.image_size == label.shape
     assert graph.labels.tolist() == sorted(set(np.unique(label).tolist()) - {0})
     assert graph.area.sum().item() == pytest.approx((label > 0).mean(), rel=1e-5)
+
+
+def test_published_segmenters_get_their_own_cache_folders(tmp_path):
+    from twostream.config import load_config
+    from twostream.graph.cache import default_cache_dir, segmenter_identity
+
+    base = [f"data.root={tmp_path}", "graph.source=pred"]
+    hub_a = load_config(None, [*base, "model.segmenter.kind=hf", "model.segmenter.hf_model=org/seg-a"])
+    hub_b = load_config(None, [*base, "model.segmenter.kind=hf", "model.segmenter.hf_model=org/seg-b"])
+    assert segmenter_identity(hub_a.model.segmenter) == "hf:org/seg-a"
+    assert default_cache_dir(hub_a, "training") != default_cache_dir(hub_b, "training")
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"one")
+    local = load_config(None, [*base, "model.segmenter.kind=hf", f"model.segmenter.hf_model={folder}"])
+    before = default_cache_dir(local, "validation")
+    (folder / "model.safetensors").write_bytes(b"two")  # retrained in place: new weights, new folder
+    assert default_cache_dir(local, "validation") != before
+    d2 = load_config(None, [*base, "model.segmenter.kind=detectron2", "model.segmenter.d2_config=zoo/pfpn.yaml"])
+    assert segmenter_identity(d2.model.segmenter) == "d2:zoo/pfpn.yaml@"

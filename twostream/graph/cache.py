@@ -23,6 +23,7 @@ graphs too, since the segmenter's output there describes padding, not the image.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -49,6 +50,7 @@ __all__ = [
     "cache_key",
     "checkpoint_identity",
     "default_cache_dir",
+    "segmenter_identity",
 ]
 
 CACHE_FORMAT = "twostream-graph-cache-v1"
@@ -92,30 +94,53 @@ def _shaping_settings(graph_cfg: Any) -> dict:
     }
 
 
+def segmenter_identity(seg_cfg: Any) -> str:
+    """What a ``pred`` cache's graphs depend on: the content hash of a trained UPSNet checkpoint; the hub name (or the
+    content of a local folder's weight files) of a Hugging Face model; the config and weights of a detectron2 model."""
+    if seg_cfg.kind == "upsnet":
+        if not seg_cfg.checkpoint:
+            raise ValueError("graph cache: graphs from predictions need the segmenter checkpoint "
+                             "(model.segmenter.checkpoint=... or --checkpoint), or set graph.cache_dir")
+        return checkpoint_identity(seg_cfg.checkpoint)
+    if seg_cfg.kind == "hf":
+        folder = Path(seg_cfg.hf_model)
+        if folder.is_dir():  # a local folder: its weights, not its path, identify it
+            files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+            return "hf:" + _hash([(p.name, checkpoint_identity(p)) for p in files])
+        return f"hf:{seg_cfg.hf_model}"
+    if seg_cfg.kind == "detectron2":
+        weights = Path(seg_cfg.d2_weights)
+        ident = checkpoint_identity(weights) if seg_cfg.d2_weights and weights.is_file() else seg_cfg.d2_weights
+        return f"d2:{seg_cfg.d2_config}@{ident}"
+    raise ValueError(f"graph cache: graphs from predictions need a segmenter (a trained UPSNet checkpoint, or "
+                     f"model.segmenter.kind hf / detectron2); model.segmenter.kind is '{seg_cfg.kind}'")
+
+
 def default_cache_dir(cfg: Any, split: str, source: str | None = None, checkpoint: str | None = None) -> Path:
     """``<data.root>/graphs/<split>-<source>-<hash>``: where ``tools/build_graphs.py`` writes the graphs of ``split``
     and where training looks for them when ``graph.cache_dir`` is empty.
 
-    The hash covers the ``cfg.graph`` values that shape a graph and, for ``pred``, the content of the segmenter
-    checkpoint (``checkpoint``, default ``cfg.model.segmenter.checkpoint``), so other settings or another
-    checkpoint get another folder.
+    The hash covers the ``cfg.graph`` values that shape a graph and, for ``pred``, the identity of the segmenter
+    (:func:`segmenter_identity` of ``cfg.model.segmenter``; ``checkpoint`` overrides a UPSNet checkpoint), so other
+    settings or another segmenter get another folder.
 
     Args:
         cfg: a :class:`~twostream.config.Config`.
         split: dataset split, e.g. ``"training"``.
         source: ``"gt"`` or ``"pred"`` (default ``cfg.graph.source``).
-        checkpoint: the segmenter checkpoint for ``pred``.
+        checkpoint: the UPSNet segmenter checkpoint for ``pred`` (default ``cfg.model.segmenter.checkpoint``).
     """
     source = source or cfg.graph.source
     if source not in ("gt", "pred"):
         raise ValueError(f"graph cache: source must be gt or pred (online graphs are not cached), got '{source}'")
     key: dict[str, Any] = {"settings": _shaping_settings(cfg.graph), "source": source}
     if source == "pred":
-        checkpoint = checkpoint or cfg.model.segmenter.checkpoint
-        if not checkpoint:
-            raise ValueError("graph cache: graphs from predictions need the segmenter checkpoint "
-                             "(model.segmenter.checkpoint=... or --checkpoint), or set graph.cache_dir")
-        key["checkpoint"] = checkpoint_identity(checkpoint)
+        seg_cfg = cfg.model.segmenter
+        if checkpoint:
+            seg_cfg = dataclasses.replace(seg_cfg, kind="upsnet", checkpoint=str(checkpoint))
+        identity = segmenter_identity(seg_cfg)
+        # UPSNet caches keep the key they always had; other segmenters add their kind
+        key["checkpoint" if seg_cfg.kind == "upsnet" else "segmenter"] = identity
     return Path(cfg.data.root) / "graphs" / f"{split}-{source}-{_hash(key, 10)}"
 
 
