@@ -127,3 +127,17 @@ def test_graph_cache_from_a_published_segmenter_feeds_training(synthetic_root, t
     train(cfg)  # finds the caches the tool wrote for this segmenter
     ckpt = load_checkpoint(tmp_path / "run" / "last.pth")
     assert ckpt["step"] == 2 and ckpt["class_table"]["name"] == "ade20k150"
+
+
+def test_export_tool_round_trips_predictions(staged_run, tmp_path):
+    import skimage.data
+
+    from twostream.inference import Predictor
+
+    tool("tools/export.py", "--checkpoint", str(staged_run["cls"]), "--out", str(tmp_path / "export"))
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "class_table.json", "config.yaml", "model.safetensors", "vocabulary.json"]
+    image = skimage.data.coffee()
+    [a] = Predictor.from_checkpoint(staged_run["cls"]).predict([image])
+    [b] = Predictor.from_checkpoint(tmp_path / "export").predict([image])
+    assert a.scenes == b.scenes and (a.sem_map == b.sem_map).all() and a.graph.equal(b.graph)
