@@ -108,6 +108,10 @@ class DataConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     skip_bad: bool = True  # skip (and log, and count) unreadable or inconsistent items instead of failing
+    # Items also carry per-instance masks from annotations_instance/<split>/*.png (R = class id, G = instance index),
+    # for UPSNet's instance and panoptic heads. Explicit, not inferred from the folder, so what a run trains on
+    # never changes because a folder appeared.
+    instances: bool = False
     max_items: int = 0  # use only the first N items of each split (0 = all); for smoke runs
     num_workers: int = 2
 
@@ -395,6 +399,10 @@ def _check_consistency(cfg: Config, source: str) -> None:
                           "checkpoint: set model.segmenter.trainable=true")
     if m.segmenter.panoptic_head and not m.segmenter.instance_head:
         raise ConfigError(f"{source}: model.segmenter.panoptic_head needs model.segmenter.instance_head=true")
+    if cfg.train.stage == "segmentation" and m.segmenter.instance_head and not cfg.data.instances:
+        raise ConfigError(f"{source}: model.segmenter.instance_head=true trains on instance masks: set "
+                          "data.instances=true (needs annotations_instance/<split>/*.png, e.g. from "
+                          "tools/make_synthetic.py --instances) or model.segmenter.instance_head=false")
     for key, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
                        ("train.accumulate", cfg.train.accumulate), ("eval.batch_size", cfg.eval.batch_size),
                        ("model.gnn.num_layers", m.gnn.num_layers), ("model.gnn.hidden_dim", m.gnn.hidden_dim),
