@@ -19,8 +19,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from twostream.engine.checkpoint import CheckpointError
     from twostream.engine.trainer import TrainingError
 
-    # ValueError: the project raises it (with one line naming the thing) for every other user mistake.
-    return (ConfigError, CheckpointError, TrainingError, DataError, FileNotFoundError, ValueError)
+    # ValueError: the project raises it (with one line naming the thing) for every other user mistake; OSError: an
+    # unreachable hub name, a missing file; ImportError: an optional extra (transformers, detectron2) not installed.
+    return (ConfigError, CheckpointError, TrainingError, DataError, ValueError, OSError, ImportError)
 
 
 def run_cli(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], int]) -> int:
