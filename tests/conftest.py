@@ -47,3 +47,15 @@ def tiny_classifier_config(root: Path, out: Path, *extra: str) -> Config:
 @pytest.fixture
 def tiny_config():
     return tiny_classifier_config
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Test models are tiny: they gain nothing from intra-op threads, and on a shared 2-core machine OpenMP threads
+    wait on each other (files ran 4-10x slower with 2 threads under load). Subprocesses get OMP_NUM_THREADS=1."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

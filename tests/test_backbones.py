@@ -22,15 +22,6 @@ TINY = {
 SIZES = [(128, 128), (96, 160)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On shared cores two intra-op threads contend with other processes and run small ops up to 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=list(TINY))
 def tiny(request):
     torch.manual_seed(0)

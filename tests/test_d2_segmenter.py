@@ -29,15 +29,6 @@ TINY = ["INPUT.MIN_SIZE_TEST", "0", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.
         "50", "TEST.DETECTIONS_PER_IMAGE", "10"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on shared CPUs OpenMP threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def photos() -> torch.Tensor:
     """Two real photographs (skimage.data) as a (2, 3, 128, 160) batch in [0, 1]."""

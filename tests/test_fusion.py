@@ -20,16 +20,6 @@ from test_gnn import K, make_graph
 CI, CG, DIM, T = 12, 10, 16, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on the shared 2-core machine they only contend (this file ran
-    4x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(name: str, **kw):
     return build_fusion(FusionConfig(type=name, dim=DIM, heads=4, rank=6, dropout=0.0, **kw), CI, CG)
 

@@ -17,16 +17,6 @@ TABLE = ade20k150()
 K = len(TABLE)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on the shared 2-core machine they only contend (this file ran
-    4x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_graph(n: int, seed: int = 0, features: int = 0) -> SceneGraph:
     """A valid random scene graph with ``n`` nodes in a ring (both directions); 0 or 1 node: no edges."""
     g = torch.Generator().manual_seed(seed)

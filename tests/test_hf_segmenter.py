@@ -135,15 +135,6 @@ def _save_mask2former(folder: Path, names) -> Path:
 SAVERS = {"segformer": _save_segformer, "upernet": _save_upernet, "mask2former": _save_mask2former}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on shared CPUs OpenMP threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict[str, Path]:
     """Each architecture saved with the hub's ADE20K names, plus a COCO-labelled SegFormer."""

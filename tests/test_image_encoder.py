@@ -18,16 +18,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on the shared 2-core machine they only contend (this file ran
-    4x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(("name", "size", "layout", "tokens"), CASES)
 def test_tokens_and_pooled_match_timm(name, size, layout, tokens):
     torch.manual_seed(0)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from infer_fixtures import SCENES, photos, shared_run
 from PIL import Image
 
@@ -30,14 +29,6 @@ pytest.importorskip("skimage", reason="scikit-image is not installed")
 REPO = Path(__file__).resolve().parents[1]
 INFER = REPO / "tools" / "infer.py"
 VISUALIZE = REPO / "tools" / "visualize.py"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,15 +23,6 @@ from twostream.viz.sources import resize_labels
 pytest.importorskip("skimage", reason="scikit-image is not installed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on shared CPUs OpenMP threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return shared_run(tmp_path_factory)

@@ -18,15 +18,6 @@ STUFF, THINGS = stuff_and_thing_ids(TABLE)
 PERSON, CAR, CHAIR, WALL, FLOOR = (TABLE.index(n) for n in ("person", "car", "chair", "wall", "floor"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On shared cores two intra-op threads contend with other processes and run small ops up to 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_panoptic_upsnet(score_thresh: float = 0.05) -> UPSNet:
     torch.manual_seed(0)
     backbone = build_backbone("resnet10t", channels=(16, 32, 64, 128), stem_width=16, zero_init_last=False)

@@ -31,15 +31,6 @@ TOY = ClassTable(name="toy", names=("wall", "sky", "person", "car"), palette=np.
 STEPS = 60  # training steps of the learning test (~0.12 s each on one core)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On shared cores two intra-op threads contend with other processes and run these small ops up to 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_upsnet(name: str = "resnet10t", class_table: ClassTable = TOY, **kw) -> UPSNet:
     torch.manual_seed(0)
     args = dict(fpn_channels=32, head_channels=16, head_layers=2, **kw)

@@ -41,16 +41,6 @@ SMALL = [
 TINY_TIMM = {"vit_": "test_vit", "resnet": "test_resnet"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on the shared 2-core machine they only contend (this file ran
-    4x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_config(path: Path, extra: list[str] | None = None):
     cfg = load_config(path)
     overrides = list(SMALL)
