@@ -5,6 +5,8 @@ Layout (the real release and ``tools/make_synthetic.py`` output alike)::
     root/images/{training,validation}/ADE_*.jpg
     root/annotations/{training,validation}/ADE_*.png   uint8: 0 = other, 1..150 = ade20k150() classes
     root/sceneCategories.txt                           "ADE_train_00000001 airport_terminal", both splits
+    root/annotations_instance/{training,validation}/ADE_*.png   optional (data.instances): RGB, R = class id,
+                                                                G = instance index 1..k (0 = no instance)
 
 Bad items. Opening a dataset lists two folders and reads the scene file, nothing more, so it is fast on 20k images:
 images without an annotation (and annotations without an image) and scene lines that name no image are found there,
@@ -13,7 +15,9 @@ annotation of another size, a label above 150) is found lazily, in ``__getitem__
 logged (one line naming the file), remembered, counted in ``dataset.skipped`` and replaced by the next good item,
 so batches keep their size and the default collate works; without it the ``DataError`` propagates. Counts live in
 the process that loaded the item (each DataLoader worker has its own); the log lines are the complete record.
-``tools/prepare_ade20k.py --check`` reads every file up front.
+``tools/prepare_ade20k.py --check`` reads every file up front. With ``instances`` the instance PNG of an item is read
+with it: a missing, unreadable or mis-sized one, or one whose class ids fall outside the class table, is a bad item
+like any other (a ``DataError`` naming the file; ``skip_bad`` applies).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from torchvision import tv_tensors
 
 from twostream.config import Config
 from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150
-from twostream.data.io import DataError, load_image, load_label, read_scene_categories
-from twostream.data.transforms import build_transforms
+from twostream.data.io import DataError, load_image, load_label, read_instances, read_scene_categories
+from twostream.data.transforms import InstanceMasks, build_transforms, instance_targets
 from twostream.data.vocabulary import SceneVocabulary, build_vocabulary
 
 __all__ = ["IMAGE_EXTENSIONS", "ADE20KDataset", "build_datasets", "list_split", "scene_file"]
@@ -41,10 +45,12 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # ADE20K ships .jpg; own data in the same layout may use the others
 SCENE_FILE = "sceneCategories.txt"
+INSTANCE_DIR = "annotations_instance"
 _MAX_NAMED = 10  # problems of one kind named one by one in the log before the rest are summarised
 _MAX_SUBSTITUTES = 20  # consecutive bad items tolerated before giving up (the dataset is then broken, not noisy)
 
-Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, torch.Tensor]]
+# (image, mask) -> (image, mask), or with instances (image, mask, InstanceMasks) -> (image, mask, masks)
+Transform = Callable[..., tuple[torch.Tensor, ...]]
 
 
 def _warn_list(what: str, names: list[str]) -> None:
@@ -113,9 +119,14 @@ class ADE20KDataset(Dataset):
             with ``skip_bad`` and are an error without it.
         max_items: keep only the first N items (in file-name order); 0 keeps all.
         class_table: the label set of the annotations; labels must be below ``len(class_table)`` or equal 255.
+        instances: also read ``annotations_instance/<split>/<stem>.png`` (R = class id, G = instance index) and
+            transform its masks jointly with the image; the folder must exist.
 
     Items (``__getitem__``) follow the data contract: ``{"image": (3, H, W) float32 in [0, 1], "sem_seg": (H, W)
-    int64 (0 = other, 1..150, 255 = ignore), "scene": int (-1 = unknown), "name": str}``.
+    int64 (0 = other, 1..150, 255 = ignore), "scene": int (-1 = unknown), "name": str}``, with ``instances`` also
+    ``"instances": {"boxes": (M, 4) float32 xyxy pixels of the transformed image (x1, y1 exclusive), "labels": (M,)
+    int64 class ids, "masks": (M, H, W) bool}``: instances the transform cropped away are dropped and boxes are
+    recomputed from the transformed masks (:func:`~twostream.data.transforms.instance_targets`).
     """
 
     def __init__(
@@ -127,9 +138,11 @@ class ADE20KDataset(Dataset):
         skip_bad: bool = True,
         max_items: int = 0,
         class_table: ClassTable | None = None,
+        instances: bool = False,
     ) -> None:
         self.root = Path(root)
         self.split = split
+        self.instances = instances
         self.vocabulary = vocabulary
         self.transform = transform
         self.skip_bad = skip_bad
@@ -139,6 +152,10 @@ class ADE20KDataset(Dataset):
             raise ValueError(f"ADE20KDataset: max_items must be >= 0 (0 = all), got {max_items}")
 
         pairs, no_annotation, no_image = list_split(self.root, split)
+        if instances and not (self.root / INSTANCE_DIR / split).is_dir():
+            raise DataError(f"{self.root / INSTANCE_DIR / split}: folder not found, but instances were asked for "
+                            "(data.instances=true); add the instance PNGs (tools/make_synthetic.py --instances "
+                            "writes them) or set data.instances=false")
         self.missing: list[str] = no_annotation + no_image  # file names of incomplete pairs (left out)
         if self.missing:
             if not skip_bad:
@@ -218,17 +235,52 @@ class ADE20KDataset(Dataset):
                             f"0..{self.num_labels - 1} (the {self.class_table.name} classes; 255 = ignore)")
         return image, label
 
+    def instance_path(self, index: int) -> Path:
+        return self.root / INSTANCE_DIR / self.split / f"{self.items[index][0]}.png"
+
+    def load_instances(self, index: int, size: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Read item ``index``'s instance PNG (``read_instances``: boxes, labels, masks ``(M, H, W)`` bool).
+
+        Args:
+            size: ``(H, W)`` of the item's image, which the instance map must match.
+
+        Raises:
+            DataError: the file is missing or unreadable, of another size, or has a class id outside the table.
+        """
+        path = self.instance_path(index)
+        if not path.is_file():
+            raise DataError(f"{path}: instance annotation not found (data.instances=true needs one PNG per image "
+                            f"in {INSTANCE_DIR}/{self.split}/)")
+        inst = read_instances(path)
+        h, w = inst["masks"].shape[1:]  # (M, H, W), also for M = 0
+        if (h, w) != tuple(size):
+            raise DataError(f"{path}: instance annotation is {w}x{h} but its image is {size[1]}x{size[0]} (W x H)")
+        labels = inst["labels"]
+        bad = labels[(labels < 1) | (labels >= self.num_labels)]
+        if len(bad):
+            raise DataError(f"{path}: instance class id(s) {', '.join(map(str, np.unique(bad)[:8].tolist()))} "
+                            f"outside 1..{self.num_labels - 1} (R channel = {self.class_table.name} class id)")
+        return inst
+
     def _item(self, index: int) -> dict[str, Any]:
         image, label = self.load(index)
         stem, _, _, scene = self.items[index]
         img = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))  # (H, W, 3) -> (3, H, W) uint8
         mask = tv_tensors.Mask(torch.from_numpy(label).to(torch.int64))  # (H, W)
+        inputs: tuple = (img, mask)
+        if self.instances:
+            inst = self.load_instances(index, label.shape)
+            # uint8, not bool: the resize kernels interpolate numbers (nearest, so values stay 0/1)
+            inputs += (InstanceMasks(torch.from_numpy(inst["masks"]).to(torch.uint8)),)  # (M, H, W)
         if self.transform is not None:
-            img, mask = self.transform(img, mask)
-        img = img.as_subclass(torch.Tensor)
+            inputs = self.transform(*inputs)
+        img, mask = inputs[0].as_subclass(torch.Tensor), inputs[1]
         if img.dtype == torch.uint8:
             img = img.float().div_(255.0)
-        return {"image": img, "sem_seg": mask.as_subclass(torch.Tensor).long(), "scene": scene, "name": stem}
+        item = {"image": img, "sem_seg": mask.as_subclass(torch.Tensor).long(), "scene": scene, "name": stem}
+        if self.instances:
+            item["instances"] = instance_targets(inputs[2], torch.from_numpy(inst["labels"]))
+        return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
@@ -299,7 +351,7 @@ def build_datasets(cfg: Config) -> tuple[ADE20KDataset, ADE20KDataset, SceneVoca
     val_scenes = _split_scene_names(root, d.val_split, scenes)
     log.info("scene vocabulary (%s, unlisted: %s): %d classes\n%s", d.scenes.mode, d.scenes.unlisted, len(vocabulary),
              vocabulary.table({d.train_split: train_scenes, d.val_split: val_scenes}))
-    common = {"vocabulary": vocabulary, "skip_bad": d.skip_bad, "max_items": d.max_items}
+    common = {"vocabulary": vocabulary, "skip_bad": d.skip_bad, "max_items": d.max_items, "instances": d.instances}
     train = ADE20KDataset(root, d.train_split, transform=build_transforms(d, train=True), **common)
     val = ADE20KDataset(root, d.val_split, transform=build_transforms(d, train=False), **common)
     log.info("opened %s: %d training and %d validation items", root, len(train), len(val))

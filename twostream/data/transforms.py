@@ -11,6 +11,11 @@ shrinking 512 -> 224 the mask lags the image by ~0.6 source pixels. ``NEAREST_EX
 contains the output pixel's centre, which is what bilinear resampling of the image is centred on, so the two stay
 aligned to within interpolation error at any scale. ``Resize`` and ``RandomResizedCrop`` below differ from v2's only
 in that.
+
+Instances. Per-instance binary masks travel as a third input, :class:`InstanceMasks` ``(M, H, W)`` uint8: every
+geometric step treats them exactly like the semantic mask (same crop, same ``NEAREST_EXACT`` source pixel, same flip),
+so an instance pixel keeps the class the semantic map gives it; padding fills them with 0 (no instance), never 255.
+:func:`instance_targets` then drops instances the crop removed and recomputes the boxes from the masks.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import torch
 from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2._utils import query_size
@@ -30,16 +36,48 @@ from twostream.data.classes import IGNORE_INDEX
 
 __all__ = [
     "FILL",
+    "InstanceMasks",
     "RandomResizedCrop",
     "Resize",
     "ResizePad",
     "build_transforms",
+    "instance_targets",
     "make_transforms",
 ]
 
 FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}  # padding: black image, unsupervised mask
 
 _MASK_INTERPOLATION = InterpolationMode.NEAREST_EXACT  # see module docstring
+
+
+class InstanceMasks(tv_tensors.Mask):
+    """``(M, H, W)`` uint8 0/1 masks, one per instance: geometry like any ``Mask``, but padded with 0, not 255.
+
+    A subclass so that v2's kernels (resize, crop, flip) dispatch to the mask kernels through the MRO while
+    :class:`ResizePad` can tell them from the semantic mask.
+    """
+
+
+def instance_targets(masks: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Instances after a transform: empty masks (cropped away, or too thin to survive the resize) are dropped and
+    each box is recomputed from its mask, so boxes are exact at the output resolution.
+
+    Args:
+        masks: ``(M, H, W)`` bool or 0/1 integer. labels: ``(M,)`` int64 class ids.
+
+    Returns:
+        ``{"boxes": (N, 4) float32 (x0, y0, x1, y1) pixel edges, x1 and y1 exclusive (as read_instances),
+        "labels": (N,) int64, "masks": (N, H, W) bool}``, ``N <= M``, in the input order.
+    """
+    masks = masks.as_subclass(torch.Tensor).bool()
+    if masks.ndim != 3 or labels.shape != masks.shape[:1]:
+        raise ValueError(f"instance_targets: expected masks (M, H, W) and labels (M,), got {tuple(masks.shape)} "
+                         f"and {tuple(labels.shape)}")
+    keep = masks.flatten(1).any(dim=1)  # (M,)
+    masks, labels = masks[keep], labels[keep].long()
+    # masks_to_boxes gives the last pixel's index; +1 turns it into the pixel edge (x1, y1 exclusive)
+    boxes = masks_to_boxes(masks) + masks.new_tensor([0, 0, 1, 1], dtype=torch.float32)
+    return {"boxes": boxes.float(), "labels": labels, "masks": masks}
 
 
 class Resize(v2.Resize):
@@ -65,7 +103,7 @@ class ResizePad(v2.Transform):
     """Resize to fit inside ``size = (H, W)`` keeping the aspect ratio, then pad to exactly ``size``.
 
     The padding is split evenly between the sides; image padding is 0 (black) and mask padding is ``IGNORE_INDEX``,
-    so padded pixels are never supervised.
+    so padded pixels are never supervised; :class:`InstanceMasks` are padded with 0 (no instance there).
     """
 
     def __init__(self, size: Sequence[int]) -> None:
@@ -84,7 +122,7 @@ class ResizePad(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Mask):
             out = F.resize(inpt, params["resized"], interpolation=_MASK_INTERPOLATION, antialias=False)
-            return F.pad(out, params["padding"], fill=IGNORE_INDEX)
+            return F.pad(out, params["padding"], fill=0 if isinstance(inpt, InstanceMasks) else IGNORE_INDEX)
         if isinstance(inpt, tv_tensors.Image):
             out = F.resize(inpt, params["resized"], interpolation=InterpolationMode.BILINEAR, antialias=True)
             return F.pad(out, params["padding"], fill=0)
@@ -113,6 +151,9 @@ def make_transforms(
     std: Sequence[float] = (0.229, 0.224, 0.225),
 ) -> v2.Compose:
     """A joint pipeline ``(Image uint8 (3, H, W), Mask (H, W)) -> (float32 (3, h, w), int64 (h, w))``.
+
+    A third input, :class:`InstanceMasks` ``(M, H, W)`` uint8, is transformed jointly and comes back as
+    ``(M, h, w)`` uint8 (pass it through :func:`instance_targets`).
 
     Args:
         image_size: output ``(h, w)``.

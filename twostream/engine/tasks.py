@@ -23,11 +23,17 @@ log = logging.getLogger(__name__)
 __all__ = ["ClassificationTask", "SegmentationTask", "build_task"]
 
 
+def _move(value, device: torch.device):
+    """Tensors (and PyG batches) to ``device``, inside lists and dicts too (per-image instance targets)."""
+    if isinstance(value, list | tuple):
+        return type(value)(_move(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _move(v, device) for k, v in value.items()}
+    return value.to(device, non_blocking=True) if hasattr(value, "to") and not isinstance(value, str) else value
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
-    out = {}
-    for key, value in batch.items():
-        out[key] = value.to(device, non_blocking=True) if hasattr(value, "to") and not isinstance(value, str) else value
-    return out
+    return {key: _move(value, device) for key, value in batch.items()}
 
 
 class _Task:
@@ -168,7 +174,10 @@ class SegmentationTask(_Task):
         return model
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[Tensor, int]:
-        out = model(batch["image"], {"sem_seg": batch["sem_seg"]})
+        targets = {"sem_seg": batch["sem_seg"]}
+        if "instances" in batch:  # data.instances: per-image boxes, labels, masks for an instance head
+            targets["instances"] = batch["instances"]
+        out = model(batch["image"], targets)
         losses = out["losses"]
         return sum(losses.values()), int(batch["image"].shape[0])
 
