@@ -33,15 +33,6 @@ INSTANCE_LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "lo
                    "loss_panoptic"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On shared cores two intra-op threads contend with other processes and run small convolutions much slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def instance_root(tmp_path_factory):
     """12 training + 4 validation synthetic images, 64x96 (H x W), with instance PNGs."""
