@@ -147,7 +147,9 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     vocabulary = SceneVocabulary.from_names(ckpt["vocabulary"])
     m = model_cfg.model
     has_segmenter = m.gnn.enabled and m.segmenter.kind != "none"
-    if graphs == "auto":
+    if not m.gnn.enabled:
+        graphs = "none"  # an image-only model reads no graphs
+    elif graphs == "auto":
         graphs = "online" if has_segmenter else "gt"
     if graphs == "online" and not has_segmenter:
         raise ValueError(f"{path}: this model has no segmenter (model.segmenter.kind={m.segmenter.kind}, "
@@ -188,7 +190,7 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     save_confusion_png(metrics, out / "confusion_matrix.png")
     k = cfg.eval.topk
     topk = metrics.get(f"top{min(k, len(vocabulary))}")
-    log.info("%s (%s graphs): top-1 %.1f%%, top-%d %.1f%%, mean class accuracy %.1f%% on %d images\n%s", split,
+    log.info("%s (graphs: %s): top-1 %.1f%%, top-%d %.1f%%, mean class accuracy %.1f%% on %d images\n%s", split,
              graphs, 100 * metrics["top1"], min(k, len(vocabulary)), 100 * topk, 100 * metrics["mean_class_accuracy"],
              metrics["num_images"], table)
     if seg is not None:
