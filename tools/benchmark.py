@@ -7,6 +7,10 @@ markdown table with the performance targets' verdicts.
     python tools/benchmark.py --device cuda --bf16    # on a GPU, bf16 autocast (add --compile for torch.compile)
     python tools/benchmark.py --ci                    # 64 px toy models, seconds: a smoke run, not a measurement
 
+On a CPU shared with other work, torch's intra-op threads wait for each other on every small operation (the GNN,
+the fusion, data transforms): compare with --threads 1 before reading much into those stages. --compile is meant for
+GPUs (it runs on a CPU, where it was checked for function only).
+
 Models: swin_gat, vit_gcn, resnet_sage, image_only_swin and shared_swin_gat (plus the image streams of vit_gcn and
 resnet_sage alone, for their ratios), built from configs/ with pretrained=false (no downloads).
 """
@@ -34,11 +38,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=5, help="timed calls per measurement, median kept (default: 5)")
     p.add_argument("--budget", type=float, default=15.0,
                    help="seconds after which a measurement stops once it has 3 calls (default: 15)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: what torch picks, reported in the header)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbones, FPN, semantic head and "
                    "image encoders")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts (default: 0 1 2)")
     p.add_argument("--loader-batches", type=int, default=10, help="timed batches per loader run (default: 10)")
+    p.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                   help="inference rows to run (default: all: image_only_swin swin_gat shared_swin_gat "
+                        "vit_gcn:image_only vit_gcn resnet_sage:image_only resnet_sage)")
     p.add_argument("--only", nargs="+", choices=["inference", "train", "loader", "builder"], default=None,
                    help="run only these sections (default: all)")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
@@ -54,8 +63,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from twostream.benchmark import BenchmarkOptions, format_report, run_benchmark
+    import torch
 
+    from twostream.benchmark import BenchmarkOptions, format_report, run_benchmark
+    from twostream.benchmark.inference import DEFAULT_MODELS, MODELS_BY_NAME
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     # progress from the benchmark only; model tables and dataset summaries would drown it
     logging.getLogger("twostream").setLevel(logging.WARNING)
     logging.getLogger("twostream.benchmark").setLevel(args.log_level)
@@ -64,6 +80,10 @@ def main(args: argparse.Namespace) -> int:
                                budget_s=args.budget, bf16=args.bf16, compile=args.compile,
                                workers=tuple(args.workers), loader_batches=args.loader_batches,
                                overrides=tuple(args.opts))
+    unknown = [m for m in args.models or [] if m not in MODELS_BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown --models {', '.join(unknown)}; choose from: {', '.join(MODELS_BY_NAME)}")
+    options.models = tuple(MODELS_BY_NAME[m] for m in args.models) if args.models else DEFAULT_MODELS
     if args.config_dir:
         options.config_dir = Path(args.config_dir)
     sections = args.only or ("inference", "train", "loader", "builder")

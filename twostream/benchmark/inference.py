@@ -37,7 +37,7 @@ from twostream.config import Config, config_to_dict, load_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CI_OVERRIDES", "DEFAULT_MODELS", "STAGES", "InferenceRow", "ModelSpec", "bench_inference",
+__all__ = ["CI_OVERRIDES", "DEFAULT_MODELS", "MODELS_BY_NAME", "STAGES", "InferenceRow", "ModelSpec", "bench_inference",
            "build_spec_model", "compile_dense", "spec_config", "stage_calls"]
 
 STAGES = ("segmenter", "builder", "gnn", "image_encoder", "fusion_head")
@@ -86,11 +86,12 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("image_only_swin", "image_only_swin"),
     ModelSpec("swin_gat", "swin_gat", baseline="image_only_swin"),
     ModelSpec("shared_swin_gat", "shared_swin_gat", baseline="image_only_swin"),
-    ModelSpec("vit_gcn, image stream only", "vit_gcn", IMAGE_ONLY),
-    ModelSpec("vit_gcn", "vit_gcn", baseline="vit_gcn, image stream only"),
-    ModelSpec("resnet_sage, image stream only", "resnet_sage", IMAGE_ONLY),
-    ModelSpec("resnet_sage", "resnet_sage", baseline="resnet_sage, image stream only"),
+    ModelSpec("vit_gcn:image_only", "vit_gcn", IMAGE_ONLY),  # the ratio's baseline: vit_gcn's image stream alone
+    ModelSpec("vit_gcn", "vit_gcn", baseline="vit_gcn:image_only"),
+    ModelSpec("resnet_sage:image_only", "resnet_sage", IMAGE_ONLY),
+    ModelSpec("resnet_sage", "resnet_sage", baseline="resnet_sage:image_only"),
 )
+MODELS_BY_NAME = {spec.name: spec for spec in DEFAULT_MODELS}
 
 
 @dataclass
@@ -156,7 +157,16 @@ def build_spec_model(cfg: Config, seed: int = 0) -> nn.Module:
 
 def compile_dense(model: nn.Module) -> None:
     """``torch.compile`` the dense modules in place: the segmenter's backbone, FPN and semantic head, and the image
-    encoder's timm model. The graph side (builder, GNN, fusion) stays eager: node counts change every batch."""
+    encoder's timm model. The graph side (builder, GNN, fusion) stays eager: node counts change every batch.
+
+    Every compiled module shares one code object (``Module._call_impl``), whose compiled variants dynamo caps at 8 by
+    default; several models in one process need more, or the later ones silently run eager.
+    """
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 128))
     seg = getattr(model, "segmenter", None)
     if seg is not None:
         for part in ("backbone", "fpn", "semantic_head"):

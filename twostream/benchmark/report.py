@@ -201,8 +201,9 @@ def targets_table(targets: list[Target]) -> str:
 def format_report(result) -> str:
     """The whole report (a :class:`~twostream.benchmark.runner.BenchmarkResult`) as markdown."""
     parts = ["## twostream benchmark", "", *[f"- {line}" for line in result.header_lines()], ""]
-    parts += ["### Inference", "", inference_table(result.inference, result.memory_title), "",
-              *result.inference_notes(), ""]
+    if result.inference:
+        parts += ["### Inference", "", inference_table(result.inference, result.memory_title), "",
+                  *result.inference_notes(), ""]
     if result.train is not None:
         parts += ["### Training step", "", train_table(result.train), ""]
     if result.loader:

@@ -140,8 +140,8 @@ class BenchmarkResult:
         if self.load_start is not None and self.load_end is not None:
             load = f"{self.load_start[0]:.2f} at the start, {self.load_end[0]:.2f} at the end"
         lines = [
-            f"device: {self.device}; torch {torch.__version__}; {self.threads} intra-op threads "
-            f"(torch.get_num_threads), {self.interop_threads} inter-op; {self.cpu_count} logical CPUs",
+            f"device: {self.device}; torch {torch.__version__}; intra-op threads (torch.get_num_threads): "
+            f"{self.threads}, inter-op: {self.interop_threads}; logical CPUs: {self.cpu_count}",
             f"load average (1 min): {load}",
             f"inference image size {size_text}; batch sizes {', '.join(map(str, o.batch_sizes))}; random weights "
             "(pretrained=false), uniform-noise images; "
@@ -150,8 +150,14 @@ class BenchmarkResult:
             f"timing: median of up to {o.iters} timed calls (at least {min(o.min_iters, o.iters)}; capped at about "
             f"{o.budget_s:.0f} s per measurement) after {o.warmup} warm-up call(s); end-to-end calls round-robin over "
             "the models",
-            f"peak memory: {self.memory_method}, over one end-to-end call",
+            f"peak memory: {self.memory_method}, over one end-to-end call (the last warm-up call)",
         ]
+        busy = max((self.load_start or (0.0,))[0], (self.load_end or (0.0,))[0])  # 1-minute load averages
+        if not self.device.startswith("cuda") and self.cpu_count and busy > self.cpu_count and self.threads > 1:
+            lines.append(f"the machine was busy (load {busy:.1f} on {self.cpu_count} CPUs): with {self.threads} "
+                         "intra-op threads every parallel operation waits for a thread another process holds, so "
+                         "stages made of many small operations (GNN, fusion) read slower than they run on an idle "
+                         "machine; --threads 1 shows them without that wait")
         if o.overrides:
             lines.append(f"config overrides for every inference model: {' '.join(o.overrides)}")
         if o.ci:
