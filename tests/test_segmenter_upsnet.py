@@ -90,6 +90,19 @@ def test_shared_backbone_halves_equal_forward_and_shape_errors():
         model(images, {"sem_seg": torch.zeros(1, 32, 96, dtype=torch.long)})
 
 
+def test_inference_logits_equal_the_training_path():
+    """Under no_grad the logits are upsampled channels-last (faster); values and labels must not change."""
+    model = tiny_upsnet(class_table=ade20k150()).eval()
+    images = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        fast = model(images)["sem_logits"]
+        labels = model.predict(images)
+    slow = model(images)["sem_logits"]  # grad enabled: the NCHW path training uses
+    assert fast.is_contiguous(memory_format=torch.channels_last) and slow.is_contiguous()
+    torch.testing.assert_close(fast, slow.detach())
+    assert torch.equal(labels, slow.argmax(dim=1))
+
+
 def test_deformable_block_starts_as_a_plain_convolution():
     torch.manual_seed(0)
     deform = ConvNormAct(8, 16, deformable=True)

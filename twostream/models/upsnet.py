@@ -153,6 +153,10 @@ class UPSNet(Segmenter):
 
     def _semantic(self, pyramid: OrderedDict[str, Tensor], image_size: tuple[int, int]) -> tuple[Tensor, ...]:
         logits4, fused = self.semantic_head([pyramid[k] for k in ("p2", "p3", "p4", "p5")])
+        if not torch.is_grad_enabled():
+            # Inference: channels-last logits make the upsampling and the class argmax (over C) contiguous, 2x
+            # faster on CPU with identical values. Training keeps NCHW, where cross-entropy's backward is faster.
+            logits4 = logits4.contiguous(memory_format=torch.channels_last)
         logits = F.interpolate(logits4, size=tuple(image_size), mode="bilinear", align_corners=False)
         return logits, logits4, fused
 
