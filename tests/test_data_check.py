@@ -94,3 +94,24 @@ def test_missing_root_and_split(tool, tmp_path, capsys):
     assert any("sceneCategories.txt: scene-label file not found" in p for p in report.problems)
     assert _run(tool, "--root", str(tmp_path / "d")) == 0  # without --check: how to get ADE20K
     assert "sceneparsing.csail.mit.edu" in capsys.readouterr().out
+
+
+def test_instance_pngs_are_checked_when_present(tmp_path):
+    root = tmp_path / "inst"
+    make_synthetic(root, train_per_scene=1, val_per_scene=1, size=48, seed=5, instances=True)
+    report = check_dataset(root)
+    assert report.ok and any("annotations_instance/training: instance PNGs checked with their 8 pairs" in n
+                             for n in report.notes)
+    inst = root / "annotations_instance/training"
+    stems = sorted(p.stem for p in inst.glob("*.png"))
+    (inst / f"{stems[0]}.png").unlink()  # missing
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(inst / f"{stems[1]}.png")  # size mismatch
+    rgb = np.zeros((48, 48, 3), np.uint8)
+    rgb[:4, :4] = (200, 1, 0)  # class 200 is outside the table
+    Image.fromarray(rgb).save(inst / f"{stems[2]}.png")
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(inst / f"{stems[3]}.png")  # not RGB
+    problems = check_dataset(root).problems
+    expected = [f"{stems[0]}.png: instance annotation not found", f"{stems[1]}.png: instance annotation is 30x20",
+                f"{stems[2]}.png: instance class id(s) 200 outside 1..150",
+                f"{stems[3]}.png: instance annotation is a L"]
+    assert len(problems) == len(expected) and all(sum(e in p for p in problems) == 1 for e in expected), problems

@@ -125,7 +125,9 @@ def test_bad_instance_files_are_data_errors(instance_root, tmp_path):
     inst_dir = root / "annotations_instance" / "training"
     (inst_dir / "ADE_train_00000002.png").unlink()
     strict = ADE20KDataset(root, "training", None, skip_bad=False, instances=True)
-    with pytest.raises(DataError, match=r"ADE_train_00000002\.png: instance annotation not found \(data\.instances"):
+    missing = (r"ADE_train_00000002\.png: instance annotation not found \(one PNG per image in "
+               r"annotations_instance/training/ is needed with data\.instances=true\)")
+    with pytest.raises(DataError, match=missing):
         strict[1]
     lenient = ADE20KDataset(root, "training", None, skip_bad=True, instances=True)
     assert lenient[1]["name"] == "ADE_train_00000003" and lenient.skipped == 1
@@ -231,6 +233,16 @@ def test_segmentation_stage_trains_instance_and_panoptic_heads(instance_root, tm
               if json.loads(line)["kind"] == "train"]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert 0.0 <= metrics["miou"] <= 1.0
+    # validation also scores the panoptic output against the instance annotations (PQ)
+    assert metrics["panoptic"]["num_images"] == metrics["num_images"] > 0
+    assert 0.0 <= metrics["pq"] <= 1.0 and 0.0 <= metrics["rq"] <= 1.0
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert evals[-1]["pq"] == metrics["pq"]
+    from twostream.engine.evaluate import evaluate_checkpoint
+
+    scored = evaluate_checkpoint(out / "last.pth", out_dir=tmp_path / "eval")["segmentation"]
+    assert scored["panoptic"]["num_images"] == scored["num_images"] and 0.0 <= scored["panoptic"]["pq"] <= 1.0
 
     segmenter = load_segmenter(out / "last.pth")
     assert not segmenter.training and segmenter.panoptic_head is not None

@@ -39,7 +39,8 @@ from twostream.data.io import DataError, load_image, load_label, read_instances,
 from twostream.data.transforms import InstanceMasks, build_transforms, instance_targets
 from twostream.data.vocabulary import SceneVocabulary, build_vocabulary
 
-__all__ = ["IMAGE_EXTENSIONS", "ADE20KDataset", "build_datasets", "list_split", "scene_file"]
+__all__ = ["IMAGE_EXTENSIONS", "INSTANCE_DIR", "ADE20KDataset", "build_datasets", "list_split",
+           "read_checked_instances", "scene_file"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,27 @@ def list_split(root: str | Path, split: str) -> tuple[list[tuple[str, Path, Path
     no_annotation = [str(images[s]) for s in sorted(images.keys() - annotations.keys())]
     no_image = [str(annotations[s]) for s in sorted(annotations.keys() - images.keys())]
     return pairs, no_annotation, no_image
+
+
+def read_checked_instances(path: Path, size: tuple[int, int], class_table: ClassTable) -> dict[str, np.ndarray]:
+    """``read_instances(path)`` for an image of ``size`` ``(H, W)``, checked against it and ``class_table``.
+
+    Raises:
+        DataError: the file is missing or unreadable, of another size, or has a class id outside ``1..K-1``.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: instance annotation not found (one PNG per image in {INSTANCE_DIR}/"
+                        f"{path.parent.name}/ is needed with data.instances=true)")
+    inst = read_instances(path)
+    h, w = inst["masks"].shape[1:]  # (M, H, W), also for M = 0
+    if (h, w) != tuple(size):
+        raise DataError(f"{path}: instance annotation is {w}x{h} but its image is {size[1]}x{size[0]} (W x H)")
+    labels = inst["labels"]
+    bad = labels[(labels < 1) | (labels >= len(class_table))]
+    if len(bad):
+        raise DataError(f"{path}: instance class id(s) {', '.join(map(str, np.unique(bad)[:8].tolist()))} "
+                        f"outside 1..{len(class_table) - 1} (R channel = {class_table.name} class id)")
+    return inst
 
 
 class ADE20KDataset(Dataset):
@@ -247,20 +269,7 @@ class ADE20KDataset(Dataset):
         Raises:
             DataError: the file is missing or unreadable, of another size, or has a class id outside the table.
         """
-        path = self.instance_path(index)
-        if not path.is_file():
-            raise DataError(f"{path}: instance annotation not found (data.instances=true needs one PNG per image "
-                            f"in {INSTANCE_DIR}/{self.split}/)")
-        inst = read_instances(path)
-        h, w = inst["masks"].shape[1:]  # (M, H, W), also for M = 0
-        if (h, w) != tuple(size):
-            raise DataError(f"{path}: instance annotation is {w}x{h} but its image is {size[1]}x{size[0]} (W x H)")
-        labels = inst["labels"]
-        bad = labels[(labels < 1) | (labels >= self.num_labels)]
-        if len(bad):
-            raise DataError(f"{path}: instance class id(s) {', '.join(map(str, np.unique(bad)[:8].tolist()))} "
-                            f"outside 1..{self.num_labels - 1} (R channel = {self.class_table.name} class id)")
-        return inst
+        return read_checked_instances(self.instance_path(index), size, self.class_table)
 
     def _item(self, index: int) -> dict[str, Any]:
         image, label = self.load(index)

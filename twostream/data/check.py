@@ -4,7 +4,9 @@ The reader (``ADE20KDataset``) checks files lazily, one item at a time; this mod
 reports, each on one line naming the file: missing folders, images without annotations and the reverse, unreadable
 or truncated images and annotations, annotations whose size differs from their image, label values outside
 0..150 (255, the ignore label, is allowed and noted), images without a scene line and scene lines that name no
-image. It also counts images per split and prints the scene distribution.
+image. Where ``annotations_instance/<split>/`` exists (instance PNGs, ``data.instances``), every pair's instance PNG
+is read too: missing, unreadable, not RGB, of another size, or with class ids outside 1..150. It also counts images
+per split and prints the scene distribution.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from twostream.data.ade20k import list_split, scene_file
+from twostream.data.ade20k import INSTANCE_DIR, list_split, read_checked_instances, scene_file
 from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150
 from twostream.data.io import DataError, exif_orientation, load_image, load_label, read_scene_categories
 
@@ -68,8 +70,10 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _check_pair(image_path: Path, ann_path: Path, num_labels: int) -> tuple[list[str], list[str]]:
-    """Decode one pair fully. Returns (problems, notes), one line each."""
+def _check_pair(image_path: Path, ann_path: Path, class_table: ClassTable,
+                instance_path: Path | None = None) -> tuple[list[str], list[str]]:
+    """Decode one pair (and its instance PNG, if given) fully. Returns (problems, notes), one line each."""
+    num_labels = len(class_table)
     problems: list[str] = []
     notes: list[str] = []
     image = label = None
@@ -97,6 +101,11 @@ def _check_pair(image_path: Path, ann_path: Path, num_labels: int) -> tuple[list
                             f"0..{num_labels - 1}")
         if IGNORE_INDEX in values:
             notes.append(f"{ann_path}: uses {IGNORE_INDEX} (read as ignore: no supervision)")
+    if instance_path is not None and image is not None:
+        try:
+            read_checked_instances(instance_path, image.shape[:2], class_table)
+        except DataError as e:
+            problems.append(str(e))
     return problems, notes
 
 
@@ -117,7 +126,7 @@ def check_dataset(
     """
     root = Path(root)
     report = CheckReport(root=root, splits=list(splits))
-    num_labels = len(class_table or ade20k150())
+    class_table = class_table or ade20k150()
     if not root.is_dir():
         report.problems.append(f"{root}: dataset folder not found")
         return report
@@ -143,8 +152,14 @@ def check_dataset(
                                 for s in sorted(stems) if s not in scenes]
             report.scenes[split] = Counter(scenes[s] for s in stems if s in scenes)
         todo = pairs[:limit] if limit else pairs
+        instance_dir = root / INSTANCE_DIR / split
+        has_instances = instance_dir.is_dir()
+        instance_paths = [instance_dir / f"{stem}.png" if has_instances else None for stem, _, _ in todo]
         with ThreadPoolExecutor(max(1, workers)) as ex:
-            results = list(ex.map(lambda p: _check_pair(p[1], p[2], num_labels), todo))
+            results = list(ex.map(_check_pair, [p[1] for p in todo], [p[2] for p in todo],
+                                  [class_table] * len(todo), instance_paths))
+        if has_instances:
+            report.notes.append(f"{instance_dir}: instance PNGs checked with their {len(todo):,} pairs")
         for problems, notes in results:
             report.problems += problems
             report.notes += notes

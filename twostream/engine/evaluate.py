@@ -32,13 +32,13 @@ __all__ = ["GRAPH_SOURCES", "evaluate_checkpoint"]
 GRAPH_SOURCES = ("auto", "online", "gt")
 
 
-def _dataset(cfg: Config, split: str, vocabulary):
+def _dataset(cfg: Config, split: str, vocabulary, instances: bool = False):
     """The split with validation transforms; annotations are ADE20K-150 whatever the model predicts."""
     from twostream.data.ade20k import ADE20KDataset
     from twostream.data.transforms import build_transforms
 
     return ADE20KDataset(cfg.data.root, split, vocabulary, transform=build_transforms(cfg.data, train=False),
-                         skip_bad=cfg.data.skip_bad, max_items=cfg.data.max_items)
+                         skip_bad=cfg.data.skip_bad, max_items=cfg.data.max_items, instances=instances)
 
 
 def _scores_segmentation(class_table: ClassTable) -> bool:
@@ -105,6 +105,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
 def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, class_table: ClassTable,
                         device: torch.device, batch_size: int | None) -> dict:
     from twostream.engine.checkpoint import load_segmenter
+    from twostream.engine.pq_eval import PanopticMetrics
     from twostream.engine.seg_eval import SegMetrics
     from twostream.graph.builder import SceneGraphBuilder
     from twostream.graph.metrics import GraphMetrics
@@ -113,19 +114,29 @@ def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, 
     if not _scores_segmentation(class_table):
         raise ValueError(f"{path}: a segmenter of '{class_table.name}' labels cannot be scored on ADE20K annotations")
     seg, graph = SegMetrics(class_table, device=device), GraphMetrics()
+    # PQ when the checkpoint has the panoptic head and the data its instance annotations (data.instances)
+    panoptic = PanopticMetrics(class_table, device=device) if cfg.data.instances else None
     builder = SceneGraphBuilder.from_config(model_cfg.graph, class_table)
-    loader = _loader(_dataset(cfg, split, None), cfg, batch_size)
+    loader = _loader(_dataset(cfg, split, None, instances=panoptic is not None), cfg, batch_size)
     with torch.no_grad():
         for batch in loader:
             if batch is None:
                 continue
-            pred = segmenter(batch["image"].to(device))["sem_logits"].argmax(dim=1)
+            out = segmenter(batch["image"].to(device))
+            pred = out["sem_logits"].argmax(dim=1)
             seg.update(pred, batch["sem_seg"])
             _graph_scores(builder, pred.cpu(), batch["sem_seg"], graph)
+            if panoptic is not None and "panoptic" in out:
+                panoptic.update(out["panoptic"], batch["sem_seg"], batch["instances"])
     metrics = {"stage": "segmentation", "segmentation": seg.compute(), "graph_quality": graph.compute()}
     s, g = metrics["segmentation"], metrics["graph_quality"]["micro"]
     log.info("%s: mIoU %.1f%%, pixel accuracy %.1f%% on %d images; graph node F1 %.3f, edge F1 %.3f", split,
              100 * s["miou"], 100 * s["pixel_accuracy"], s["num_images"], g["node_f1"], g["edge_f1"])
+    p = panoptic.compute() if panoptic is not None else None
+    if p is not None and p["num_images"]:
+        s["panoptic"] = p
+        log.info("%s: PQ %.1f (things %.1f, stuff %.1f), SQ %.1f, RQ %.1f", split, 100 * p["pq"],
+                 100 * p["pq_things"], 100 * p["pq_stuff"], 100 * p["sq"], 100 * p["rq"])
     return metrics
 
 

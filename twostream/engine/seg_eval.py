@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from twostream.data.classes import IGNORE_INDEX, ClassTable
 
-__all__ = ["SegMetrics", "check_same_table", "evaluate_segmenter"]
+__all__ = ["SegMetrics", "check_same_table", "evaluate_segmenter", "metric_names"]
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -90,8 +90,7 @@ class SegMetrics:
         if self.background is not None:
             scored[self.background] = False
         valid_iou = scored & ~torch.isnan(per_iou)
-        short = class_table.short_names  # ADE has two 'screen's: those keep their full names
-        names = [n if short.count(n) == 1 else full for n, full in zip(short, class_table.names)]
+        names = metric_names(class_table)
         has_gt = scored & (annotated > 0)
         return {
             "miou": float(per_iou[valid_iou].mean()) if valid_iou.any() else float("nan"),
@@ -101,6 +100,13 @@ class SegMetrics:
                               if scored[c]},
             "num_images": num_images,
         }
+
+
+def metric_names(class_table: ClassTable) -> list[str]:
+    """Per label id, the name metrics report: the short name, or the full one where short names repeat (ADE20K has
+    two 'screen's)."""
+    short = class_table.short_names
+    return [n if short.count(n) == 1 else full for n, full in zip(short, class_table.names)]
 
 
 def check_same_table(segmenter_table: ClassTable, class_table: ClassTable) -> None:
@@ -128,7 +134,9 @@ def evaluate_segmenter(segmenter: nn.Module, loader: Iterable[dict | None], clas
         ignore_background: leave pixels annotated ``class_table.background`` (ADE20K ``other``) unscored.
 
     Returns:
-        ``{"miou", "pixel_accuracy", "mean_accuracy", "per_class_iou", "num_images"}`` (see the module docstring).
+        ``{"miou", "pixel_accuracy", "mean_accuracy", "per_class_iou", "num_images"}`` (see the module docstring),
+        plus ``"panoptic"`` (:class:`~twostream.engine.pq_eval.PanopticMetrics`: PQ, SQ, RQ) when the segmenter
+        returns panoptic segments and the batches carry instance annotations (``data.instances``).
 
     Raises:
         ValueError: the segmenter's class table is not ``class_table``.
@@ -137,6 +145,7 @@ def evaluate_segmenter(segmenter: nn.Module, loader: Iterable[dict | None], clas
     check_same_table(inner.class_table, class_table)
     device = torch.device(device) if device is not None else _device_of(inner)
     metrics = SegMetrics(class_table, device=device, ignore_background=ignore_background)
+    panoptic = None  # PanopticMetrics, once a batch brings both panoptic output and instance annotations
     was_training = segmenter.training
     segmenter.eval()
     try:
@@ -145,8 +154,17 @@ def evaluate_segmenter(segmenter: nn.Module, loader: Iterable[dict | None], clas
                 continue
             images = batch["image"].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = segmenter(images)["sem_logits"]  # (B, K, H, W)
-            metrics.update(logits, batch["sem_seg"])
+                out = segmenter(images)
+            metrics.update(out["sem_logits"], batch["sem_seg"])  # (B, K, H, W) logits
+            if "panoptic" in out and "instances" in batch:
+                if panoptic is None:
+                    from twostream.engine.pq_eval import PanopticMetrics
+
+                    panoptic = PanopticMetrics(class_table, device=device)
+                panoptic.update(out["panoptic"], batch["sem_seg"], batch["instances"])
     finally:
         segmenter.train(was_training)
-    return metrics.compute()
+    result = metrics.compute()
+    if panoptic is not None:
+        result["panoptic"] = panoptic.compute()
+    return result

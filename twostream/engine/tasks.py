@@ -184,10 +184,16 @@ class SegmentationTask(_Task):
     def evaluate(self, model: nn.Module, loader, device: torch.device, amp_dtype) -> dict:
         from twostream.engine.seg_eval import evaluate_segmenter
 
-        return evaluate_segmenter(model, loader, self.class_table, device=device, amp_dtype=amp_dtype)
+        metrics = evaluate_segmenter(model, loader, self.class_table, device=device, amp_dtype=amp_dtype)
+        # PQ's scalars at the top level, where metrics.jsonl and TensorBoard take numbers from
+        metrics.update({k: v for k, v in metrics.get("panoptic", {}).items() if isinstance(v, float)})
+        return metrics
 
     def summary(self, m: dict) -> str:
-        return f"mIoU {100 * m['miou']:.1f}%, pixel accuracy {100 * m['pixel_accuracy']:.1f}%"
+        text = f"mIoU {100 * m['miou']:.1f}%, pixel accuracy {100 * m['pixel_accuracy']:.1f}%"
+        if "pq" in m:
+            text += f", PQ {100 * m['pq']:.1f} (things {100 * m['pq_things']:.1f}, stuff {100 * m['pq_stuff']:.1f})"
+        return text
 
 
 TASKS = {"classifier": ClassificationTask, "segmentation": SegmentationTask}
