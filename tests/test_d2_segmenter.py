@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from twostream.config import SegmenterConfig
+from twostream.config import SegmenterConfig, load_config
 from twostream.data.classes import ade20k150
 from twostream.models.label_alignment import LOW_LOGIT, match_names
 from twostream.models.segmenter import build_segmenter
@@ -102,6 +102,17 @@ def test_built_from_config_section_and_bad_inputs(tmp_path):
     assert segmenter.model_size(128, 160) == (800, 1000)
     segmenter.train()
     assert not segmenter.model.training  # stays frozen in eval mode
+    # model.segmenter.d2_opts: detectron2's own overrides, numbers given as YAML numbers
+    tuned = build_segmenter(load_config(None, [
+        "model.segmenter.kind=detectron2", f"model.segmenter.d2_config={PANOPTIC_FPN}",
+        "model.segmenter.d2_weights=none",
+        "model.segmenter.d2_opts=[INPUT.MIN_SIZE_TEST, 512, "
+        "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH, 0.9]",
+    ]).model.segmenter, ade20k150())
+    assert tuned.min_size == 512 and tuned.model.combine_instances_score_thresh == pytest.approx(0.9)
+    with pytest.raises(ValueError, match=r"d2_opts: expected KEY, VALUE pairs .* got 1"):
+        build_segmenter(SegmenterConfig(kind="detectron2", d2_config=PANOPTIC_FPN, d2_opts=["INPUT.MIN_SIZE_TEST"]),
+                        ade20k150())
 
     from twostream.models.d2_segmenter import detectron2_segmenter_from_config
 

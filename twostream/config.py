@@ -151,6 +151,9 @@ class SegmenterConfig:
     hf_model: str = ""  # kind hf: hub name or local folder, e.g. nvidia/segformer-b0-finetuned-ade-512-512
     d2_config: str = ""  # kind detectron2: model-zoo name or config file
     d2_weights: str = ""  # kind detectron2: weights path or URL
+    # kind detectron2: its own config overrides as KEY, VALUE pairs, e.g. [MODEL.PANOPTIC_FPN.COMBINE.
+    # INSTANCES_CONFIDENCE_THRESH, 0.6, INPUT.MIN_SIZE_TEST, 512]
+    d2_opts: list[str | int | float | bool] = field(default_factory=list)
 
 
 @dataclass

@@ -111,7 +111,8 @@ def segmenter_identity(seg_cfg: Any) -> str:
     if seg_cfg.kind == "detectron2":
         weights = Path(seg_cfg.d2_weights)
         ident = checkpoint_identity(weights) if seg_cfg.d2_weights and weights.is_file() else seg_cfg.d2_weights
-        return f"d2:{seg_cfg.d2_config}@{ident}"
+        opts = "".join(f" {v}" for v in getattr(seg_cfg, "d2_opts", ()))
+        return f"d2:{seg_cfg.d2_config}@{ident}{opts}"
     raise ValueError(f"graph cache: graphs from predictions need a segmenter (a trained UPSNet checkpoint, or "
                      f"model.segmenter.kind hf / detectron2); model.segmenter.kind is '{seg_cfg.kind}'")
 

@@ -325,4 +325,8 @@ def build_detectron2_segmenter(cfg: SegmenterConfig, class_table: ClassTable) ->
     if cfg.trainable:
         raise ValueError("detectron2 segmenter: model.segmenter.trainable=true is not supported (detectron2 models "
                          "run frozen here); fine-tune with kind hf or upsnet")
-    return detectron2_segmenter_from_config(cfg.d2_config, cfg.d2_weights, class_table)
+    if len(cfg.d2_opts) % 2:
+        raise ValueError(f"model.segmenter.d2_opts: expected KEY, VALUE pairs (an even number of items), got "
+                         f"{len(cfg.d2_opts)}: {cfg.d2_opts}")
+    return detectron2_segmenter_from_config(cfg.d2_config, cfg.d2_weights, class_table,
+                                            opts=[str(v) for v in cfg.d2_opts])
