@@ -123,6 +123,13 @@ def test_builder_maps_the_config():
     assert model.backbone.out_channels == [64, 128, 256, 512] and model.num_features == 32
     assert model.instance_head is None and model.panoptic_head is None
     assert not any(isinstance(m, DeformConv2d) for m in model.modules())
+    # the instance head's widths and RoI sample size come from the config too
+    cfg = SegmenterConfig(kind="upsnet", backbone="resnet18", fpn_channels=32, head_channels=8, deformable=False,
+                          instance_head=True, box_head_dim=64, mask_head_dim=16, roi_batch_size=32)
+    roi_heads = build_segmenter(cfg, ade20k150()).instance_head.roi_heads
+    assert roi_heads.box_head.fc7.out_features == 64 and roi_heads.box_predictor.cls_score.in_features == 64
+    assert roi_heads.mask_head[0][0].out_channels == 16
+    assert roi_heads.fg_bg_sampler.batch_size_per_image == 32
     with pytest.raises(ValueError, match=r"panoptic_head needs model\.segmenter\.instance_head"):
         build_upsnet(SegmenterConfig(backbone="resnet18", panoptic_head=True), ade20k150())
     with pytest.raises(ValueError, match="not in a supported family"):

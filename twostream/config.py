@@ -146,6 +146,9 @@ class SegmenterConfig:
     deformable: bool = True  # deformable (modulated) convolutions in the semantic head, as in UPSNet
     instance_head: bool = False  # Mask R-CNN instance head (needs instance annotations)
     panoptic_head: bool = False  # UPSNet's parameter-free panoptic head (needs the instance head)
+    box_head_dim: int = 1024  # instance head: width of the box head's two-layer MLP (Mask R-CNN: 1024)
+    mask_head_dim: int = 256  # instance head: width of the mask head's four 3x3 convs (Mask R-CNN: 256)
+    roi_batch_size: int = 512  # instance head: RoIs sampled per training image for the box and mask heads
     checkpoint: str = ""  # trained segmenter weights (output of the segmentation stage)
     trainable: bool = False  # train the segmenter inside the classifier stage (default: frozen)
     hf_model: str = ""  # kind hf: hub name or local folder, e.g. nvidia/segformer-b0-finetuned-ade-512-512

@@ -285,7 +285,9 @@ def build_upsnet(cfg: SegmenterConfig, class_table: ClassTable) -> UPSNet:
     backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path,
                               drop_path_rate=cfg.drop_path_rate)
     stuff_ids, thing_ids = stuff_and_thing_ids(class_table)
-    instance_head = InstanceHead(cfg.fpn_channels, len(thing_ids) + 1) if cfg.instance_head else None
+    instance_head = (InstanceHead(cfg.fpn_channels, len(thing_ids) + 1, box_head_dim=cfg.box_head_dim,
+                                  mask_head_dim=cfg.mask_head_dim, box_batch_size=cfg.roi_batch_size)
+                     if cfg.instance_head else None)
     panoptic_head = (PanopticHead(stuff_ids=stuff_ids, thing_ids=thing_ids, background=class_table.background)
                      if cfg.panoptic_head else None)
     return UPSNet(backbone=backbone, class_table=class_table, fpn_channels=cfg.fpn_channels,
