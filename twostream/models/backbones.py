@@ -30,13 +30,14 @@ checkpoint conversion and position-embedding resampling apply.
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
+
+from twostream.models.timm_weights import local_weights_overlay, weights_mismatch
 
 __all__ = [
     "BACKBONE_FAMILIES",
@@ -68,27 +69,16 @@ def create_timm_features(name: str, *, pretrained: bool = False, pretrained_path
         close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.8)
         hint = f"; similar: {', '.join(close)}" if close else "; see timm.list_models()"
         raise ValueError(f"backbone '{name}' is not a timm model{hint}")
-    overlay = None
-    if pretrained_path:
-        path = Path(pretrained_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"backbone weights file {path} not found (model.segmenter.pretrained_path)")
-        # timm loads the file like a download: checkpoint_filter_fn converts foreign layouts, the classifier is dropped
-        overlay = dict(file=str(path))
-        pretrained = True
+    pretrained, overlay = local_weights_overlay(pretrained, pretrained_path, what="backbone",
+                                                config_key="model.segmenter.pretrained_path")
     try:
         return timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay, features_only=True,
                                  **kwargs)
     except RuntimeError as e:
-        if not pretrained_path or "state_dict" not in str(e):
+        error = weights_mismatch(e, pretrained_path, name, what="backbone", choice="backbone name")
+        if error is None:
             raise
-        # torch's message is a header line, then one line per problem (missing keys, size mismatches): quote one
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else repr(e))[:200]
-        raise ValueError(
-            f"backbone weights in {pretrained_path} do not fit timm model '{name}' ({detail}); "
-            f"save them from timm.create_model('{name}').state_dict() or pick the matching backbone name"
-        ) from e
+        raise error from e
 
 
 # --------------------------------------------------------------------------------------------------------------------

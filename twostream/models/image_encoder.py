@@ -28,7 +28,6 @@ Swin's windows and masks for it); families that do not take the argument (CNNs) 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from twostream.config import ImageEncoderConfig
+from twostream.models.timm_weights import local_weights_overlay, weights_mismatch
 
 __all__ = ["FeatureMapEncoder", "ImageEncoder", "build_image_encoder", "create_timm_classifier"]
 
@@ -72,14 +72,8 @@ def create_timm_classifier(name: str, *, pretrained: bool = False, pretrained_pa
         close = timm.list_models(f"{name.split('_')[0]}*")[:8]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ValueError(f"image encoder '{name}' is not a timm model{hint}")
-    overlay = None
-    if pretrained_path:
-        path = Path(pretrained_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"image encoder weights file {path} not found "
-                                    "(model.image_encoder.pretrained_path)")
-        overlay = dict(file=str(path))  # timm loads it like a download: filter_fn converts, the classifier is dropped
-        pretrained = True
+    pretrained, overlay = local_weights_overlay(pretrained, pretrained_path, what="image encoder",
+                                                config_key="model.image_encoder.pretrained_path")
     args = dict(pretrained=pretrained, pretrained_cfg_overlay=overlay, num_classes=0, **kwargs)
     # timm loads into a headless model with strict=False (the classifier is dropped) and only logs what was missing;
     # listen for that report, so that a file of another model fails here instead of training from random weights.
@@ -95,12 +89,10 @@ def create_timm_classifier(name: str, *, pretrained: bool = False, pretrained_pa
                 raise
             model = timm.create_model(name, **args)  # CNNs take no img_size and need none
     except RuntimeError as e:
-        if not pretrained_path or "state_dict" not in str(e):
+        error = weights_mismatch(e, pretrained_path, name, what="image encoder", choice="name")
+        if error is None:
             raise
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else repr(e))[:200]
-        raise ValueError(f"image encoder weights in {pretrained_path} do not fit timm model '{name}' ({detail}); "
-                         f"save them from timm.create_model('{name}').state_dict() or pick the matching name") from e
+        raise error from e
     finally:
         timm_log.removeHandler(missing)
         timm_log.setLevel(level)
