@@ -40,7 +40,7 @@ from twostream.graph.runs import (
 )
 from twostream.graph.scene_graph import SceneGraph
 
-__all__ = ["BUILDER_VERSION", "GRANULARITIES", "SceneGraphBuilder", "neighbourhood_offsets"]
+__all__ = ["BUILDER_VERSION", "GRANULARITIES", "SceneGraphBuilder", "neighbourhood_offsets", "shaping_settings"]
 
 # Bump when a change to this file changes the graphs it builds: caches keyed on `settings()` are then rebuilt.
 BUILDER_VERSION = 1
@@ -106,6 +106,19 @@ def _as_label_array(sem_maps: Any, what: str) -> np.ndarray | Tensor:
 # --------------------------------------------------------------------------------------------------------------------
 # The builder
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def shaping_settings(source: Any) -> dict:
+    """The settings that shape a graph, read from a :class:`SceneGraphBuilder` or a ``cfg.graph``
+    (:class:`~twostream.config.GraphConfig`), which name them alike. ``min_area`` only acts on regions."""
+    return {
+        "builder_version": BUILDER_VERSION,
+        "granularity": source.granularity,
+        "connectivity": source.connectivity,
+        "tolerance": source.tolerance,
+        "min_area": source.min_area if source.granularity == "region" else 0,
+        "ignore_label0": source.ignore_label0,
+    }
 
 
 class SceneGraphBuilder:
@@ -222,12 +235,7 @@ class SceneGraphBuilder:
     def settings(self) -> dict:
         """Everything that shapes the graphs (JSON-ready). Caches key on it: equal settings, equal graphs."""
         return {
-            "builder_version": BUILDER_VERSION,
-            "granularity": self.granularity,
-            "connectivity": self.connectivity,
-            "tolerance": self.tolerance,
-            "min_area": self.min_area if self.granularity == "region" else 0,
-            "ignore_label0": self.ignore_label0,
+            **shaping_settings(self),
             "ignore_index": self.ignore_index,
             "class_table": self.class_table.name,
             "num_classes": len(self.class_table),

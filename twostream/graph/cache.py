@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from twostream.data.classes import IGNORE_INDEX, ClassTable
-from twostream.graph.builder import BUILDER_VERSION, SceneGraphBuilder
+from twostream.graph.builder import SceneGraphBuilder, shaping_settings
 from twostream.graph.scene_graph import SceneGraph
 
 log = logging.getLogger(__name__)
@@ -81,19 +81,6 @@ def _hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
 
 
-def _shaping_settings(graph_cfg: Any) -> dict:
-    """The ``cfg.graph`` values that shape a graph (what :meth:`SceneGraphBuilder.settings` holds, minus the
-    class table, which the checkpoint or the dataset fixes)."""
-    return {
-        "builder_version": BUILDER_VERSION,
-        "granularity": graph_cfg.granularity,
-        "connectivity": graph_cfg.connectivity,
-        "tolerance": graph_cfg.tolerance,
-        "min_area": graph_cfg.min_area if graph_cfg.granularity == "region" else 0,
-        "ignore_label0": graph_cfg.ignore_label0,
-    }
-
-
 def segmenter_identity(seg_cfg: Any) -> str:
     """What a ``pred`` cache's graphs depend on: the content hash of a trained UPSNet checkpoint; the hub name (or the
     content of a local folder's weight files) of a Hugging Face model; the config and weights of a detectron2 model."""
@@ -134,7 +121,7 @@ def default_cache_dir(cfg: Any, split: str, source: str | None = None, checkpoin
     source = source or cfg.graph.source
     if source not in ("gt", "pred"):
         raise ValueError(f"graph cache: source must be gt or pred (online graphs are not cached), got '{source}'")
-    key: dict[str, Any] = {"settings": _shaping_settings(cfg.graph), "source": source}
+    key: dict[str, Any] = {"settings": shaping_settings(cfg.graph), "source": source}
     if source == "pred":
         seg_cfg = cfg.model.segmenter
         if checkpoint:
