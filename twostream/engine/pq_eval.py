@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from twostream.data.classes import ClassTable
+from twostream.models.panoptic import instance_owner, stuff_and_thing_ids
 
 __all__ = ["PanopticMetrics", "panoptic_prediction", "panoptic_stats", "panoptic_target"]
 
@@ -45,15 +46,12 @@ def panoptic_target(sem_seg: Tensor, instances: dict | None, class_table: ClassT
     """
     sem = sem_seg.long()
     k = len(class_table)
-    is_thing = torch.tensor([not s for s in class_table.stuff], dtype=torch.bool, device=sem.device)
-    if class_table.background is not None:
-        is_thing[class_table.background] = False
+    is_thing = torch.zeros(k, dtype=torch.bool, device=sem.device)
+    is_thing[stuff_and_thing_ids(class_table)[1]] = True
     category = torch.where(is_thing[sem.clamp(0, k - 1)] & (sem < k), VOID, sem)
     instance = torch.zeros_like(sem)
     if instances is not None and len(instances["labels"]):
-        masks = instances["masks"].to(sem.device)
-        ids = torch.arange(1, len(masks) + 1, device=sem.device)[:, None, None]
-        owner = (masks.long() * ids).amax(0)  # (H, W) 1..M, 0 = no instance
+        owner = instance_owner(instances["masks"].to(sem.device))  # (H, W) 1..M, 0 = no instance
         labels = instances["labels"].to(sem.device).long()
         category = torch.where(owner > 0, labels[(owner - 1).clamp(min=0)], category)
         instance = owner
@@ -124,9 +122,8 @@ class PanopticMetrics:
 
     def __init__(self, class_table: ClassTable, device: torch.device | str = "cpu") -> None:
         self.class_table = class_table
-        background = class_table.background
-        self.stuffs = [i for i, s in enumerate(class_table.stuff) if s and i != background]
-        self.things = [i for i, s in enumerate(class_table.stuff) if not s and i != background]
+        stuff, self.things = stuff_and_thing_ids(class_table)
+        self.stuffs = [i for i in stuff if i != class_table.background]  # the background is void, not a class
         # rows: iou_sum, tp, fp, fn per class; the last column counts the images
         self.counts = torch.zeros(4, len(class_table) + 1, dtype=torch.float64, device=device)
 

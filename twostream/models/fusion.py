@@ -137,7 +137,7 @@ class SumFusion(_Fusion):
 
     def forward(self, image_pooled: Tensor, image_tokens: Tensor | None, graph_pooled: Tensor, node_emb: Tensor,
                 node_batch: Tensor) -> Tensor:
-        a = self.weight_logits.softmax(dim=0)  # (2,)
+        a = self.stream_weights  # (2,)
         v = self.image_proj(self.image_norm(image_pooled))  # (B, dim)
         g = self.graph_proj(self.graph_norm(graph_pooled))  # (B, dim)
         return self.drop(a[0] * v + a[1] * g)  # (B, dim)

@@ -39,7 +39,7 @@ from torchvision.ops import nms
 
 from twostream.data.classes import IGNORE_INDEX, ClassTable
 
-__all__ = ["PanopticHead", "box_masks", "paste_mask_logits", "stuff_and_thing_ids"]
+__all__ = ["PanopticHead", "box_masks", "instance_owner", "paste_mask_logits", "stuff_and_thing_ids"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -55,6 +55,13 @@ def stuff_and_thing_ids(class_table: ClassTable) -> tuple[list[int], list[int]]:
     stuff = [i for i in range(len(class_table)) if class_table.stuff[i] or i == class_table.background]
     things = [i for i in range(len(class_table)) if not (class_table.stuff[i] or i == class_table.background)]
     return stuff, things
+
+
+def instance_owner(masks: Tensor) -> Tensor:
+    """``(M, H, W)`` bool instance masks -> ``(H, W)`` int64: per pixel ``1 + `` the index of the last instance
+    covering it (later instances win overlaps), ``0`` where none does."""
+    ids = torch.arange(1, len(masks) + 1, device=masks.device)[:, None, None]
+    return (masks.long() * ids).amax(0)
 
 
 def box_masks(boxes: Tensor, size: tuple[int, int]) -> Tensor:
@@ -241,7 +248,7 @@ class PanopticHead(nn.Module):
             # channel per instance: S + rank among the kept ones, or the unknown channel (S + n) when dropped
             rank = torch.cumsum(kept.long(), 0) - 1
             channel = torch.where(kept, self.num_stuff + rank, torch.full_like(rank, self.num_stuff + len(keep)))
-            owner = (masks.long() * torch.arange(1, len(masks) + 1, device=masks.device)[:, None, None]).amax(0)
+            owner = instance_owner(masks)
             target = torch.where(owner > 0, channel[(owner - 1).clamp(min=0)], target)
         return target
 
