@@ -18,7 +18,7 @@ from twostream.engine.checkpoint import (
     load_checkpoint,
     load_model_state,
 )
-from twostream.engine.data import ResumableSampler, ShardSampler, collate
+from twostream.engine.data import ItemKey, ResumableSampler, SeededItems, ShardSampler, collate, make_loaders
 from twostream.engine.evaluation import SceneMetrics, format_per_class_table, save_confusion_png
 from twostream.engine.optim import build_optimizer, lr_factor
 
@@ -108,24 +108,79 @@ def test_optimizer_skips_decay_for_norms_biases_embeddings():
 # ---------------------------------------------------------------------------------------------------- samplers
 
 
+def _indices(sampler) -> list[int]:
+    return [key.index for key in sampler]
+
+
 def test_resumable_sampler_skips_exactly_what_was_seen():
     data = list(range(10))
     full = list(ResumableSampler(data, num_replicas=1, rank=0, seed=3))
+    assert all(isinstance(k, ItemKey) and k.epoch == 0 for k in full)
     sampler = ResumableSampler(data, num_replicas=1, rank=0, seed=3)
     sampler.set_start(4)
     assert list(sampler) == full[4:] and len(sampler) == 6
     sampler.set_epoch(1)
     sampler.set_start(0)
-    assert list(sampler) != full and sorted(sampler) == data
+    assert _indices(sampler) != _indices(full) and sorted(_indices(sampler)) == data
+    assert {k.epoch for k in sampler} == {1}  # the epoch travels with each index, to the item's seed
 
 
 def test_two_ranks_see_the_same_samples_as_one_process():
     data = list(range(8))
-    one = list(ResumableSampler(data, num_replicas=1, rank=0, seed=0))
-    r0 = list(ResumableSampler(data, num_replicas=2, rank=0, seed=0))
-    r1 = list(ResumableSampler(data, num_replicas=2, rank=1, seed=0))
+    one = _indices(ResumableSampler(data, num_replicas=1, rank=0, seed=0))
+    r0 = _indices(ResumableSampler(data, num_replicas=2, rank=0, seed=0))
+    r1 = _indices(ResumableSampler(data, num_replicas=2, rank=1, seed=0))
     # the first global batch of 4 on one process = the first local batches of 2 on each rank
     assert sorted(one[:4]) == sorted(r0[:2] + r1[:2])
+
+
+class _RandomItems(torch.utils.data.Dataset):
+    """Each item draws from torch's, numpy's and Python's global generators, as augmentation does."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> dict:
+        import random
+
+        import numpy as np
+
+        draws = [torch.rand(()).item(), float(np.random.rand()), random.random()]
+        return {"index": index, "draws": torch.tensor(draws, dtype=torch.float64)}
+
+
+def test_seeded_items_depend_on_seed_epoch_and_index_only():
+    items = SeededItems(_RandomItems(), seed=7)
+    a = items[ItemKey(epoch=2, index=5)]["draws"]
+    torch.rand(10)  # whatever the caller's generators did before
+    assert torch.equal(items[ItemKey(2, 5)]["draws"], a)
+    assert not torch.equal(items[ItemKey(3, 5)]["draws"], a)  # another epoch augments again
+    assert not torch.equal(items[ItemKey(2, 6)]["draws"], a)
+    assert not torch.equal(SeededItems(_RandomItems(), seed=8)[ItemKey(2, 5)]["draws"], a)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    items[ItemKey(0, 1)]
+    assert torch.equal(torch.rand(3), expected)  # the caller's stream is left where it was
+
+
+def test_a_batch_is_the_same_whichever_worker_draws_it_and_after_a_resume():
+    """Mid-epoch resume with workers: the batches after the resume point equal those of the uninterrupted epoch,
+    though the workers now start at other items (the round-robin of batches to workers shifted)."""
+
+    def epoch_batches(num_workers: int, start: int) -> list:
+        loaders = make_loaders(_RandomItems(), _RandomItems(), batch_size=2, eval_batch_size=4,
+                               num_workers=num_workers, rank=0, world_size=1, seed=0)
+        loaders.train_sampler.set_epoch(1)
+        loaders.train_sampler.set_start(start)
+        return [b["draws"] for b in loaders.train]
+
+    full = epoch_batches(num_workers=2, start=0)
+    assert len(full) == 6
+    resumed = epoch_batches(num_workers=2, start=2 * 3)  # three batches seen
+    assert all(torch.equal(a, b) for a, b in zip(full[3:], resumed, strict=True))
+    in_process = epoch_batches(num_workers=0, start=0)
+    assert all(torch.equal(a, b) for a, b in zip(full, in_process, strict=True))
 
 
 def test_shard_sampler_covers_each_item_once():

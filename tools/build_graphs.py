@@ -30,7 +30,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", choices=["gt", "pred"], default=None,
                    help="graphs from annotations or from segmenter predictions (default: graph.source)")
     p.add_argument("--checkpoint", default=None,
-                   help="pred: trained UPSNet checkpoint (default: model.segmenter.checkpoint)")
+                   help="pred: trained UPSNet: run folder, checkpoint file or export folder (default: "
+                        "model.segmenter.checkpoint)")
     p.add_argument("--segmenter", default=None, metavar="SPEC",
                    help="pred: upsnet:CKPT, hf:NAME_OR_FOLDER or detectron2:CONFIG[@WEIGHTS] (default: "
                         "model.segmenter); train with the same model.segmenter to read these graphs")
@@ -50,6 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from twostream.config import load_config
+    from twostream.engine.checkpoint import resolve_segmenter_config
     from twostream.engine.graph_caches import build_split_caches
 
     overrides = list(args.opts)
@@ -63,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
 
         seg = parse_segmenter_spec(args.segmenter, base=cfg.model.segmenter)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, segmenter=seg))
+    cfg = resolve_segmenter_config(cfg)  # a run folder or export -> its file; architecture keys checked against it
     source = args.source or cfg.graph.source
     splits = args.split or [cfg.data.train_split, cfg.data.val_split]
     build_split_caches(cfg, source=source, splits=splits, out=args.out, device=args.device,

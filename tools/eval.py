@@ -20,7 +20,8 @@ from twostream.cli import run_cli
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (uses best.pth, else last.pth)")
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder (uses best.pth, else last.pth), checkpoint file or export folder (tools/export.py)")
     p.add_argument("--config", default=None,
                    help="YAML whose data section to evaluate on (default: the checkpoint's own config); the model is "
                         "always the checkpoint's")
@@ -39,9 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from twostream.config import load_config
-    from twostream.engine.checkpoint import load_checkpoint
+    from twostream.engine.checkpoint import load_trained
     from twostream.engine.evaluate import evaluate_checkpoint
-    from twostream.inference import resolve_checkpoint
 
     cfg = None
     if args.config or args.opts:
@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
 
             from twostream.config import config_from_dict, save_config
 
-            own = config_from_dict(load_checkpoint(resolve_checkpoint(args.checkpoint))["config"])
+            own = config_from_dict(load_trained(args.checkpoint, mmap=True)["config"])
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = load_config(save_config(own, f"{tmp}/config.yaml"), args.opts)
     evaluate_checkpoint(args.checkpoint, cfg=cfg, split=args.split, graphs=args.graphs, out_dir=args.out,

@@ -5,7 +5,9 @@
     python tools/infer.py photo.jpg --checkpoint exports/quickstart
 
 The folder holds model.safetensors (no optimizer state, no pickle), config.yaml (the resolved config),
-vocabulary.json (scene class order) and class_table.json (the segmenter's label set).
+class_table.json (the segmenter's label set) and, for a classifier, vocabulary.json (scene class order). Every tool
+that takes a checkpoint takes the folder: tools/eval.py --checkpoint, tools/infer.py --checkpoint / --segmenter
+upsnet:FOLDER, tools/build_graphs.py --checkpoint / --segmenter upsnet:FOLDER, model.segmenter.checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from twostream.cli import run_cli
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (uses best.pth, else last.pth)")
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder (uses best.pth, else last.pth) or checkpoint file, of a classifier or a segmenter")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"], help="default: INFO")
     return p
@@ -27,9 +30,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from twostream.engine.checkpoint import export_safetensors
-    from twostream.inference import resolve_checkpoint
 
-    path = export_safetensors(resolve_checkpoint(args.checkpoint), args.out)
+    path = export_safetensors(args.checkpoint, args.out)
     logging.getLogger("twostream.export").info("wrote %s and its config, vocabulary and class table", path)
     return 0
 

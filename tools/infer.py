@@ -31,10 +31,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB", help="images, folders of images, glob patterns")
     p.add_argument("--checkpoint", default=None, metavar="RUN_OR_CKPT",
-                   help="run folder, checkpoint file or model.safetensors export "
+                   help="run folder, checkpoint file or export folder (tools/export.py) "
                         f"(default: {DEFAULT_CHECKPOINT}, or none with --segmenter)")
     p.add_argument("--segmenter", default=None, metavar="SPEC",
-                   help="upsnet:CHECKPOINT, hf:NAME_OR_FOLDER or detectron2:CONFIG[@WEIGHTS]: scene graphs from this "
+                   help="upsnet:RUN_OR_CKPT_OR_EXPORT, hf:NAME_OR_FOLDER or detectron2:CONFIG[@WEIGHTS]: scene graphs "
+                        "from this "
                         "segmenter; alone, graphs without scenes; with --checkpoint, the classifier's graphs "
                         "(default: the checkpoint's own segmenter)")
     p.add_argument("--topk", type=int, default=5, help="scenes to report per image (default: 5)")

@@ -16,6 +16,10 @@ key, the file it came from and what is allowed::
     ConfigError: --opts: model.gnn.type: 'gin' is not allowed; choose one of: gcn, sage, gat, gatv2
 
 The resolved config is written beside every run's outputs by :func:`save_config` and loads back to an equal object.
+Resolved means: a classifier that needs no segmenter (an image-only model) has ``model.segmenter.kind: none`` and
+no ``model.segmenter.checkpoint``, whatever its base said, so nothing reads a segmenter checkpoint for it; and (done by
+the engine, which reads the checkpoint) a trained segmenter's architecture comes from its checkpoint
+(:func:`twostream.engine.checkpoint.resolve_segmenter_config`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any, Literal, Union
 import yaml
 
 __all__ = [
+    "SEGMENTER_ARCHITECTURE",
     "AugmentConfig",
     "Config",
     "ConfigError",
@@ -53,6 +58,7 @@ __all__ = [
     "load_config",
     "save_config",
     "section_hash",
+    "segmenter_needed",
 ]
 
 
@@ -102,11 +108,13 @@ class DataConfig:
     keep_ratio: bool = False
     scenes: SceneVocabConfig = field(default_factory=SceneVocabConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Models take images in [0, 1] and normalise with their own mean/std (that metadata travels with the weights),
-    # so the data pipeline does not normalise unless told to.
+    # Normalisation happens in one place: the model. The image encoder, the segmenter backbones and the published
+    # segmenters take images in [0, 1] and normalise with their own mean/std (metadata that travels with their
+    # weights), so data.normalize must stay false: true would normalise a second time and is refused. The three keys
+    # remain so that configs and checkpoints of earlier versions load (and are served as they were trained).
     normalize: bool = False
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # only with data.normalize (earlier versions)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # only with data.normalize (earlier versions)
     skip_bad: bool = True  # skip (and log, and count) unreadable or inconsistent items instead of failing
     # Items also carry per-instance masks from annotations_instance/<split>/*.png (R = class id, G = instance index),
     # for UPSNet's instance and panoptic heads. Explicit, not inferred from the folder, so what a run trains on
@@ -134,8 +142,14 @@ class GraphConfig:
 
 @dataclass
 class SegmenterConfig:
-    """The segmentation stream: UPSNet, or a published model through an adapter."""
+    """The segmentation stream: UPSNet, or a published model through an adapter.
 
+    In the classifier stage a trained UPSNet is named by ``checkpoint`` alone: its architecture (the keys of
+    :data:`SEGMENTER_ARCHITECTURE`) is read from the checkpoint; a key also set here must agree with it.
+    """
+
+    # none: no segmenter (graphs from annotations only, or an image-only model: load_config resolves such a model's
+    # kind to none, so its resolved config shows that no segmenter is used)
     kind: Literal["upsnet", "hf", "detectron2", "none"] = "upsnet"
     backbone: str = "resnet50"  # timm name: resnet*, swin_*, vit_* (upsnet)
     pretrained: bool = False  # timm's own ImageNet weights for the backbone (downloads on first use)
@@ -149,7 +163,9 @@ class SegmenterConfig:
     box_head_dim: int = 1024  # instance head: width of the box head's two-layer MLP (Mask R-CNN: 1024)
     mask_head_dim: int = 256  # instance head: width of the mask head's four 3x3 convs (Mask R-CNN: 256)
     roi_batch_size: int = 512  # instance head: RoIs sampled per training image for the box and mask heads
-    checkpoint: str = ""  # trained segmenter weights (output of the segmentation stage)
+    # trained segmenter (segmentation stage): a run folder, a checkpoint file or an export folder; in the classifier
+    # stage it also decides the architecture keys above
+    checkpoint: str = ""
     trainable: bool = False  # train the segmenter inside the classifier stage (default: frozen)
     hf_model: str = ""  # kind hf: hub name or local folder, e.g. nvidia/segformer-b0-finetuned-ade-512-512
     d2_config: str = ""  # kind detectron2: model-zoo name or config file
@@ -258,18 +274,24 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
+# The SegmenterConfig keys that shape a trained UPSNet's weights and outputs. A classifier reads them from the
+# segmenter's checkpoint (training-only keys such as drop_path_rate or roi_batch_size are not among them).
+SEGMENTER_ARCHITECTURE = ("backbone", "fpn_channels", "head_channels", "deformable", "instance_head",
+                          "panoptic_head", "box_head_dim", "mask_head_dim")
+
+
+def segmenter_needed(cfg: Config) -> bool:
+    """Whether the run builds a segmenter: always in the segmentation stage; in the classifier stage for the graph
+    stream (online graphs in training, graphs at inference where no cache exists) or a shared backbone."""
+    m = cfg.model
+    if cfg.train.stage == "segmentation":
+        return True
+    return m.shared_backbone or (m.gnn.enabled and m.segmenter.kind != "none")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        return f"a list ({getattr(tp, '__name__', str(tp))})"
-    return getattr(tp, "__name__", str(tp))
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -428,6 +450,18 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if m.fusion.type == "cross_attention" and m.fusion.dim % m.fusion.heads:
         raise ConfigError(f"{source}: model.fusion.dim ({m.fusion.dim}) must be divisible by "
                           f"model.fusion.heads ({m.fusion.heads})")
+    if cfg.data.normalize:
+        raise ConfigError(f"{source}: data.normalize: true would normalise the images a second time: the image "
+                          "encoder and the segmenter normalise with their own mean/std; set data.normalize=false")
+
+
+def _resolve(cfg: Config) -> Config:
+    """Make the config say what the run will use: a classifier that needs no segmenter has ``kind: none``."""
+    seg = cfg.model.segmenter
+    if not segmenter_needed(cfg) and (seg.kind != "none" or seg.checkpoint):
+        seg = dataclasses.replace(seg, kind="none", checkpoint="")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, segmenter=seg))
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -481,6 +515,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path: YAML file; ``None`` starts from the defaults.
         overrides: dotted ``key=value`` strings; values are parsed as YAML (``3``, ``true``, ``[128, 128]``).
 
+    The result is resolved: a classifier that needs no segmenter gets ``model.segmenter.kind: none`` (see the module
+    docstring).
+
     Raises:
         ConfigError: one line naming the key, the file (or ``--opts``) and what is allowed.
     """
@@ -509,7 +546,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         source = f"{source} + --opts"
     _check_consistency(cfg, source)
-    return cfg
+    return _resolve(cfg)
 
 
 def _plain(value: Any) -> Any:

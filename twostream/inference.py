@@ -28,7 +28,6 @@ with the run's builder settings, padding (``keep_ratio``) void as in the cache. 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,92 +38,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from twostream.config import Config, DataConfig, GraphConfig, config_from_dict, load_config
+from twostream.config import Config, DataConfig, GraphConfig, config_from_dict
 from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150
-from twostream.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from twostream.engine.checkpoint import (
+    CheckpointError,
+    inference_config,
+    load_model_state,
+    load_trained,
+    resolve_checkpoint,
+)
+from twostream.engine.distributed import DEVICES, resolve_device
 from twostream.graph.scene_graph import SceneGraph
 
 log = logging.getLogger(__name__)
 
+# resolve_checkpoint and resolve_device live in twostream.engine (checkpoint, distributed); imported here for callers of
+# earlier versions.
 __all__ = ["DEVICES", "PRECISIONS", "Prediction", "Predictor", "resolve_checkpoint", "resolve_device"]
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 # Segmenters that resize internally (hf, detectron2) get images at their own size, the longer side capped at this
 # many pixels: beyond it the map and graph only cost time (they run their own processor's resize anyway).
 MAX_SIDE = 1024
-_EXPORT_FILES = ("model.safetensors", "config.yaml", "vocabulary.json", "class_table.json")
+_inference_config = inference_config  # the name of earlier versions
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` / ``cuda:N`` need one."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device '{name}' is not one of {', '.join(DEVICES)}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}': no CUDA GPU is visible; use --device cpu (or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device '{name}' is not one of {', '.join(DEVICES)}")
-    return device
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder resolves to its ``best.pth`` (else ``last.pth``); a file is itself."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pth", "last.pth"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: folder holds no best.pth, last.pth or model.safetensors; give a run folder "
-                              "of tools/train.py (make demo writes runs/quickstart) or a checkpoint file")
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found; train one with tools/train.py (make demo writes "
-                              "runs/quickstart) or pass the right path")
-    return path
-
-
-def _inference_config(cfg: Config) -> Config:
-    """The training config, made to build the model from trained weights alone: no downloads, no second checkpoint."""
-    m = cfg.model
-    return dataclasses.replace(cfg, model=dataclasses.replace(
-        m,
-        segmenter=dataclasses.replace(m.segmenter, pretrained=False, pretrained_path="", checkpoint=""),
-        image_encoder=dataclasses.replace(m.image_encoder, pretrained=False, pretrained_path=""),
-    ))
-
-
-def _load_export(folder: Path) -> tuple[Config, dict[str, Tensor], list[str], ClassTable]:
-    """The four files of :func:`~twostream.engine.checkpoint.export_safetensors`; a missing or bad one is one line."""
-    from twostream.data.vocabulary import SceneVocabulary
-
-    missing = [n for n in _EXPORT_FILES if not (folder / n).is_file()]
-    if missing:
-        raise CheckpointError(f"{folder}: model export lacks {', '.join(missing)}; export with "
-                              "twostream.engine.checkpoint.export_safetensors")
-    try:
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-    except Exception as e:  # safetensors raises its own error types for a truncated or foreign file
-        raise CheckpointError(f"{folder / 'model.safetensors'}: not a readable safetensors file "
-                              f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
-    cfg = load_config(folder / "config.yaml")
-    try:
-        scenes = SceneVocabulary.load(folder / "vocabulary.json").names
-        class_table = ClassTable.from_dict(json.loads((folder / "class_table.json").read_text()))
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{folder}: bad vocabulary.json or class_table.json ({e})") from None
-    return cfg, state, list(scenes), class_table
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -334,25 +275,18 @@ class Predictor:
         """
         from twostream.models.two_stream import build_model
 
-        path = Path(path)
-        if path.suffix == ".safetensors" and path.is_file():
-            path = path.parent
-        if path.is_dir() and (path / "model.safetensors").is_file():
-            cfg, state, scenes, class_table = _load_export(path)
-            source = path / "model.safetensors"
-        else:
-            source = resolve_checkpoint(path)
-            ckpt = load_checkpoint(source)
-            if ckpt.get("stage") != "classifier":
-                raise CheckpointError(f"{source}: a {ckpt.get('stage')} checkpoint, not a scene classifier; for "
-                                      f"scene graphs from the segmenter alone use --segmenter upsnet:{source}")
-            cfg = config_from_dict(ckpt["config"], source=f"{source} (config)")
-            state, scenes = ckpt["model"], list(ckpt.get("vocabulary") or [])
-            if not scenes:
-                raise CheckpointError(f"{source}: checkpoint records no scene vocabulary; it was not written by "
-                                      "tools/train.py's classifier stage")
-            class_table = ClassTable.from_dict(ckpt["class_table"])
-        cfg = _inference_config(cfg)
+        ckpt = load_trained(path)
+        source = ckpt["path"]
+        if ckpt.get("stage") != "classifier":
+            raise CheckpointError(f"{source}: a {ckpt.get('stage')} checkpoint, not a scene classifier; for "
+                                  f"scene graphs from the segmenter alone use --segmenter upsnet:{path}")
+        cfg = config_from_dict(ckpt["config"], source=f"{source} (config)")
+        state, scenes = ckpt["model"], list(ckpt.get("vocabulary") or [])
+        if not scenes:
+            raise CheckpointError(f"{source}: checkpoint records no scene vocabulary; it was not written by "
+                                  "tools/train.py's classifier stage")
+        class_table = ClassTable.from_dict(ckpt["class_table"])
+        cfg = inference_config(cfg)
         model = build_model(cfg, num_scenes=len(scenes), class_table=class_table)
         load_model_state(model, state, source)
         log.info("loaded %s: %d scenes, class table %s", source, len(scenes), class_table.name)
@@ -480,10 +414,10 @@ def _segmenter_from_spec(spec: str, graph: GraphConfig | None) -> tuple[nn.Modul
     seg_cfg = parse_segmenter_spec(spec)
     if seg_cfg.kind == "none":
         raise ValueError("--segmenter none gives no graphs; give upsnet:CHECKPOINT, hf:NAME or detectron2:CONFIG")
-    if seg_cfg.kind == "upsnet":
+    if seg_cfg.kind == "upsnet":  # a run folder, checkpoint file or export, of a segmenter or a classifier with one
         source = resolve_checkpoint(seg_cfg.checkpoint)
         segmenter = load_segmenter(source)
-        run = config_from_dict(load_checkpoint(source)["config"], source=f"{source} (config)")
+        run = config_from_dict(load_trained(source, mmap=True)["config"], source=f"{source} (config)")
         cfg = dataclasses.replace(Config(), data=run.data, graph=graph or run.graph)
         return segmenter, cfg, False
     segmenter = build_segmenter(seg_cfg, ade20k150())

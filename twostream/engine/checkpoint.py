@@ -7,11 +7,22 @@ A checkpoint holds ``format``, ``stage``, ``model`` (state dict without ``module
 Only containers, numbers, strings and tensors go in, so ``torch.load(weights_only=True)`` reads it back.
 
 A run folder keeps ``last.pth`` (the newest), ``best.pth`` (best validation metric) and the last K numbered
-checkpoints ``ckpt_e{epoch}_s{step}.pth``.
+checkpoints ``ckpt_e{epoch}_s{step}.pth``. A write that fails (disk full, read-only folder) is one
+:class:`CheckpointError` naming the file; the files written before stay as they were.
+
+Wherever a trained model is accepted (``tools/eval.py``, ``tools/infer.py``, ``tools/build_graphs.py``, ``Predictor``,
+:func:`load_segmenter`, ``model.segmenter.checkpoint``) it may be given three ways, resolved by
+:func:`resolve_checkpoint` and read by :func:`load_trained`: a run folder (its ``best.pth``, else ``last.pth``), a
+checkpoint file, or a model-only export (:func:`export_safetensors`: its folder or the ``model.safetensors`` in it), of
+a classifier or of a segmenter alike.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
+import json
 import logging
 import os
 import random
@@ -19,63 +30,103 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from twostream.config import Config
+
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "EXPORT_FILES",
     "FORMAT",
     "CheckpointError",
     "CheckpointManager",
     "atomic_torch_save",
     "capture_rng",
     "export_safetensors",
+    "inference_config",
     "load_checkpoint",
     "load_model_state",
     "load_segmenter",
+    "load_trained",
+    "resolve_checkpoint",
+    "resolve_segmenter_config",
     "restore_rng",
 ]
 
 FORMAT = "twostream-checkpoint-v1"
+# What export_safetensors writes; vocabulary.json only for a classifier (a segmenter has no scenes).
+EXPORT_FILES = ("model.safetensors", "config.yaml", "vocabulary.json", "class_table.json")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, foreign, or does not fit the model. The message is one line."""
 
 
+def write_error(path: Path, e: OSError, what: str = "the checkpoint") -> CheckpointError:
+    """One line for a write that the file system refused, naming the file and the way out."""
+    why = e.strerror or str(e) or type(e).__name__
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free disk space (or lower train.keep_last)"
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = f"make {path.parent} writable or set output.dir to another folder"
+    else:
+        hint = "check the folder, or set output.dir to another folder"
+    return CheckpointError(f"{path}: cannot write {what} ({why}); {hint}; the checkpoints written before are intact")
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, flush to disk, then rename over ``path``.
 
     A crash (or SIGKILL) at any moment leaves either the old file or the new one, never half of one.
+
+    Raises:
+        CheckpointError: the file system refused the write (disk full, read-only or foreign folder); the temporary
+            file is removed and the file at ``path``, if any, is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise write_error(path, e) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a twostream checkpoint; raise :class:`CheckpointError` naming the file and what to do."""
+def _remove(tmp: str | None) -> None:
+    if tmp is not None:
+        # a read-only folder keeps its temporary file; its name is never mistaken for a checkpoint
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Read a twostream checkpoint file; raise :class:`CheckpointError` naming the file and what to do.
+
+    ``mmap``: map the tensors instead of reading them (cheap when only the config is wanted).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; train one with tools/train.py or pass the right path")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint is empty (0 bytes); it was never written completely, use another")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: checkpoint is truncated or corrupt ({first}); "
@@ -170,24 +221,39 @@ class CheckpointManager:
         return sorted(files, key=lambda p: tuple(int(g) for g in _NUMBERED.search(p.name).groups()))
 
     def save(self, state: dict, epoch: int, step: int, is_best: bool = False) -> Path:
+        """Write the numbered checkpoint, then point ``last.pth`` (and ``best.pth``) at it, then prune.
+
+        Raises:
+            CheckpointError: one line naming the file the file system refused; ``last.pth`` and ``best.pth`` then
+                still hold the previous checkpoint (each is swapped in whole or not at all).
+        """
         path = atomic_torch_save(state, self.run_dir / f"ckpt_e{epoch:03d}_s{step:07d}.pth")
         self._alias(path, self.last)
         if is_best:
             self._alias(path, self.best)
         for old in self.numbered()[: -self.keep_last]:
-            old.unlink(missing_ok=True)
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as e:  # pruning is housekeeping: the new checkpoint is already safe
+                log.warning("%s: could not remove an old checkpoint (%s)", old, e.strerror or e)
         return path
 
     def _alias(self, target: Path, alias: Path) -> None:
         tmp = alias.with_name(f".{alias.name}.tmp")
-        tmp.unlink(missing_ok=True)
         try:
-            os.link(target, tmp)
-        except OSError:  # file systems without hard links
-            import shutil
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(target, tmp)
+            except OSError as e:  # file systems without hard links
+                if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+                    raise
+                import shutil
 
-            shutil.copyfile(target, tmp)
-        os.replace(tmp, alias)
+                shutil.copyfile(target, tmp)
+            os.replace(tmp, alias)
+        except OSError as e:
+            _remove(str(tmp))
+            raise write_error(alias, e) from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -195,43 +261,172 @@ class CheckpointManager:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def load_segmenter(path: str | Path, device: str | torch.device = "cpu"):
-    """A trained segmenter from a segmentation-stage checkpoint or from a classifier checkpoint that contains one.
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The file a trained-model argument names: a run folder -> its ``best.pth``, else ``last.pth``; an export folder
+    -> its ``model.safetensors``; a file (``.pth`` or ``.safetensors``) -> itself.
 
-    Returns the :class:`~twostream.models.segmenter.Segmenter` in eval mode on ``device``, with the class table the
-    checkpoint recorded.
+    Raises:
+        CheckpointError: one line saying what was looked for where.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pth", "last.pth", "model.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: folder holds no best.pth or last.pth (a run folder of tools/train.py) and no "
+                              "model.safetensors (an export of tools/export.py); give one of those or a checkpoint "
+                              "file (make demo writes runs/quickstart)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found (looked for a run folder, a checkpoint file or an export "
+                              "folder); train one with tools/train.py (make demo writes runs/quickstart) or pass the "
+                              "right path")
+    return path
+
+
+def _load_export(file: Path) -> dict:
+    """An export folder's files as a checkpoint-like dict (no optimizer state); a missing or bad file is one line."""
+    import yaml
+    from safetensors import safe_open
+
+    from twostream.config import ConfigError, config_from_dict, config_to_dict
+
+    folder = file.parent
+    missing = [n for n in EXPORT_FILES[1:] if n != "vocabulary.json" and not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: model export lacks {', '.join(missing)}; export again with "
+                              "tools/export.py (twostream.engine.checkpoint.export_safetensors)")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as e:  # safetensors raises its own error types for a truncated or foreign file
+        raise CheckpointError(f"{file}: not a readable safetensors file "
+                              f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    stage = meta.get("stage") or ("classifier" if (folder / "vocabulary.json").is_file() else "segmentation")
+    if stage == "classifier" and not (folder / "vocabulary.json").is_file():
+        raise CheckpointError(f"{folder}: model export of a classifier lacks vocabulary.json (its scene names); "
+                              "export again with tools/export.py")
+    try:  # the resolved config of a run, validated like a checkpoint's (config_from_dict)
+        cfg = config_from_dict(yaml.safe_load((folder / "config.yaml").read_text()) or {},
+                               source=str(folder / "config.yaml"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{folder / 'config.yaml'}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    try:
+        class_table = json.loads((folder / "class_table.json").read_text())
+        vocabulary = None
+        if stage == "classifier":
+            from twostream.data.vocabulary import SceneVocabulary
+
+            vocabulary = list(SceneVocabulary.load(folder / "vocabulary.json").names)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder}: bad vocabulary.json or class_table.json ({e})") from None
+    step = meta.get("step", "0")
+    return {"format": FORMAT, "stage": stage, "model": state, "config": config_to_dict(cfg),
+            "vocabulary": vocabulary, "class_table": class_table, "step": int(step) if step.isdigit() else 0}
+
+
+def load_trained(path: str | Path, mmap: bool = False) -> dict:
+    """A trained model from a run folder, a checkpoint file or an export (see :func:`resolve_checkpoint`).
+
+    Returns the checkpoint dict (``stage``, ``model``, ``config``, ``class_table``, ``vocabulary``, ``step``, ...;
+    an export has no optimizer state) with ``"path"``: the file it was read from.
+
+    Raises:
+        CheckpointError: one line: not found, truncated, foreign, or an incomplete export.
+    """
+    file = resolve_checkpoint(path)
+    ckpt = _load_export(file) if file.suffix == ".safetensors" else load_checkpoint(file, mmap=mmap)
+    ckpt["path"] = file
+    return ckpt
+
+
+def inference_config(cfg: Config) -> Config:
+    """The training config, made to build the model from trained weights alone: no downloads, no second checkpoint."""
+    m = cfg.model
+    return dataclasses.replace(cfg, model=dataclasses.replace(
+        m,
+        segmenter=dataclasses.replace(m.segmenter, pretrained=False, pretrained_path="", checkpoint=""),
+        image_encoder=dataclasses.replace(m.image_encoder, pretrained=False, pretrained_path=""),
+    ))
+
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu"):
+    """A trained segmenter from a segmentation-stage checkpoint, a classifier checkpoint that contains one, or the
+    export of either (a run folder resolves to its ``best.pth``; see :func:`resolve_checkpoint`).
+
+    The segmenter is built from the checkpoint's own config: the checkpoint is the one source of truth for its
+    architecture. Returns the :class:`~twostream.models.segmenter.Segmenter` in eval mode on ``device``, with the
+    class table the checkpoint recorded.
     """
     from twostream.config import config_from_dict
     from twostream.data.classes import ClassTable
     from twostream.models.segmenter import build_segmenter
 
-    ckpt = load_checkpoint(path)
-    cfg = config_from_dict(ckpt["config"], source=f"{path} (config)")
+    ckpt = load_trained(path)
+    source = ckpt["path"]
+    cfg = inference_config(config_from_dict(ckpt["config"], source=f"{source} (config)"))
     class_table = ClassTable.from_dict(ckpt["class_table"])
-    seg_cfg = cfg.model.segmenter
-    # The weights come from this checkpoint: do not also fetch ImageNet weights or another checkpoint.
-    seg_cfg = type(seg_cfg)(**{**seg_cfg.__dict__, "pretrained": False, "pretrained_path": "", "checkpoint": ""})
-    segmenter = build_segmenter(seg_cfg, class_table)
     state = ckpt["model"]
     if ckpt.get("stage") == "classifier":
         prefix = "segmenter."
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not state:
-            raise CheckpointError(f"{path}: this classifier checkpoint holds no segmenter (an image-only model?)")
-    load_model_state(segmenter, state, path)
+        if not state or cfg.model.segmenter.kind == "none":
+            raise CheckpointError(f"{source}: this classifier checkpoint holds no segmenter (an image-only model, or "
+                                  "graphs from annotations); give a segmentation-stage checkpoint")
+    # The weights come from this checkpoint: inference_config fetches no ImageNet weights and no other checkpoint.
+    segmenter = build_segmenter(cfg.model.segmenter, class_table)
+    load_model_state(segmenter, state, source)
     return segmenter.to(device).eval()
 
 
-def export_safetensors(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Model-only export for sharing: ``model.safetensors`` + ``config.yaml`` + ``vocabulary.json`` +
-    ``class_table.json`` in ``out_dir`` (no optimizer state; loads without pickle)."""
-    import json
+def resolve_segmenter_config(cfg: Config) -> Config:
+    """A classifier config whose ``model.segmenter`` names a trained UPSNet checkpoint, with the segmenter's
+    architecture (:data:`~twostream.config.SEGMENTER_ARCHITECTURE`) taken from that checkpoint's own config.
 
+    The checkpoint decides the architecture; a classifier config need not repeat it. A key the classifier config also
+    sets (any value other than the default) must agree with the checkpoint's, else one :class:`ConfigError` names
+    the first differing key and both values. ``checkpoint`` becomes the file it resolves to (a run folder's
+    ``best.pth``, an export's ``model.safetensors``), so the run's config records which file it used and graph caches
+    key on that file. Other configs come back unchanged.
+    """
+    from twostream.config import (
+        SEGMENTER_ARCHITECTURE,
+        ConfigError,
+        SegmenterConfig,
+        config_from_dict,
+        segmenter_needed,
+    )
+
+    seg = cfg.model.segmenter
+    if cfg.train.stage != "classifier" or seg.kind != "upsnet" or not seg.checkpoint or not segmenter_needed(cfg):
+        return cfg
+    ckpt = load_trained(seg.checkpoint, mmap=True)
+    source = ckpt["path"]
+    trained = config_from_dict(ckpt["config"], source=f"{source} (config)").model.segmenter
+    if trained.kind != seg.kind:
+        raise ConfigError(f"model.segmenter.checkpoint: {source} holds a '{trained.kind}' segmenter, not a trained "
+                          f"UPSNet; give a segmentation-stage checkpoint (configs/seg/*.yaml)")
+    default = SegmenterConfig()
+    for key in SEGMENTER_ARCHITECTURE:
+        mine, theirs = getattr(seg, key), getattr(trained, key)
+        if mine != theirs and mine != getattr(default, key):
+            raise ConfigError(f"model.segmenter.{key} is {mine!r} but the segmenter checkpoint {source} was trained "
+                              f"with {theirs!r}; the checkpoint decides the architecture: drop the key or set it to "
+                              f"{theirs!r}")
+    arch = {key: getattr(trained, key) for key in SEGMENTER_ARCHITECTURE}
+    arch["checkpoint"] = str(source)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, segmenter=dataclasses.replace(seg, **arch)))
+
+
+def export_safetensors(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Model-only export for sharing: ``model.safetensors`` + ``config.yaml`` + ``class_table.json`` (+
+    ``vocabulary.json`` for a classifier) in ``out_dir`` (no optimizer state; loads without pickle). Everything that
+    takes a checkpoint takes the folder back (:func:`load_trained`), a segmenter's export too."""
     from safetensors.torch import save_file
 
     from twostream.config import config_from_dict, save_config
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_trained(checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in ckpt["model"].items()}

@@ -1,4 +1,5 @@
-"""Distributed helpers: one place reads torchrun's environment; everything else asks these functions.
+"""Distributed helpers and device resolution: one place reads torchrun's environment and turns a device name into a
+``torch.device``; everything else asks these functions.
 
 The same command runs on one process, several (``torchrun --nproc_per_node=N``) and several machines (torchrun's
 ``--nnodes``/``--rdzv-*`` flags): nothing here launches processes.
@@ -9,14 +10,18 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DistInfo", "all_reduce_mean", "barrier", "cleanup", "get_rank", "get_world_size", "init_distributed",
-           "is_main_process", "resolve_device"]
+__all__ = ["DEVICES", "DistInfo", "all_gather_object", "all_reduce_max", "all_reduce_mean", "all_reduce_sum", "barrier",
+           "broadcast_object", "cleanup", "get_rank", "get_world_size", "init_distributed", "is_main_process",
+           "resolve_device"]
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
 @dataclass(frozen=True)
@@ -34,15 +39,33 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> the local rank's GPU if there is one, else CPU; ``cuda`` -> ``cuda:<local_rank>``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device is '{name}' but no CUDA device is available; use train.device=cpu or auto")
+def resolve_device(name: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
+    """The ``torch.device`` for a device name (``train.device``, the tools' ``--device``).
+
+    ``auto`` -> this process's GPU when one is visible, else the CPU; ``cuda`` -> ``cuda:<local_rank>`` (torchrun's
+    ``LOCAL_RANK`` unless given, else 0); ``cuda:N`` and ``cpu`` as written.
+
+    Raises:
+        ValueError: one line, for a name outside :data:`DEVICES` or a GPU that is not there.
+    """
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    text = str(name).strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cuda":
+        text = f"cuda:{local_rank}"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"device '{name}' is not one of {', '.join(DEVICES)}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device '{name}' is not one of {', '.join(DEVICES)}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{name}': no CUDA GPU is visible; use cpu or auto (train.device, --device)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device '{name}': only {torch.cuda.device_count()} CUDA GPU(s) are visible")
     return device
 
 
@@ -102,3 +125,29 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     if get_world_size() > 1:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of ``value`` over ranks (a copy)."""
+    out = value.detach().clone()
+    if get_world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in one process); objects are pickled."""
+    if get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself in one process)."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -20,7 +20,7 @@ import torch
 
 from twostream.config import Config, config_from_dict
 from twostream.data.classes import ClassTable, ade20k150
-from twostream.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from twostream.engine.checkpoint import CheckpointError, inference_config, load_model_state, load_trained
 from twostream.engine.data import WithGraphs, collate
 from twostream.engine.distributed import resolve_device
 
@@ -66,7 +66,8 @@ def _graph_scores(builder, graphs, targets, metrics) -> None:
 def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, split: str | None = None,
                         graphs: str = "auto", out_dir: str | Path | None = None, device: str = "auto",
                         batch_size: int | None = None) -> dict:
-    """Score ``checkpoint`` (a file or a run folder) on ``split`` and write the results to ``out_dir``.
+    """Score ``checkpoint`` (a run folder, a checkpoint file or an export folder) on ``split`` and write the results
+    to ``out_dir``.
 
     Args:
         cfg: data settings to evaluate with (root, image size, ...); default: the checkpoint's own config. The model
@@ -76,12 +77,10 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
             the oracle upper bound), ``auto`` (online when the model has a segmenter, else gt).
         out_dir: where ``metrics.json`` and friends go; default ``<run folder>/eval-<split>``.
     """
-    from twostream.inference import resolve_checkpoint
-
     if graphs not in GRAPH_SOURCES:
         raise ValueError(f"graphs '{graphs}' is not one of {', '.join(GRAPH_SOURCES)}")
-    path = resolve_checkpoint(checkpoint)
-    ckpt = load_checkpoint(path)
+    ckpt = load_trained(checkpoint)
+    path = ckpt["path"]
     model_cfg = config_from_dict(ckpt["config"], source=f"{path} (config)")
     cfg = cfg or model_cfg
     split = split or cfg.data.val_split
@@ -152,7 +151,6 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     from twostream.engine.seg_eval import SegMetrics
     from twostream.graph.builder import SceneGraphBuilder
     from twostream.graph.metrics import GraphMetrics
-    from twostream.inference import _inference_config
     from twostream.models.two_stream import build_model
 
     vocabulary = SceneVocabulary.from_names(ckpt["vocabulary"])
@@ -165,7 +163,7 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     if graphs == "online" and not has_segmenter:
         raise ValueError(f"{path}: this model has no segmenter (model.segmenter.kind={m.segmenter.kind}, "
                          f"gnn enabled={m.gnn.enabled}); evaluate with --graphs gt")
-    build_cfg = _inference_config(model_cfg)
+    build_cfg = inference_config(model_cfg)
     if graphs == "gt" and m.gnn.enabled:
         build_cfg = dataclasses.replace(build_cfg, graph=dataclasses.replace(build_cfg.graph, source="gt"))
     model = build_model(build_cfg, num_scenes=len(vocabulary), class_table=class_table)

@@ -47,9 +47,6 @@ class _Task:
     def to_device(self, batch: dict, device: torch.device) -> dict:
         return _to_device(batch, device)
 
-    def train_mode(self, model: nn.Module) -> None:
-        """Hook run after ``model.train()`` each epoch (e.g. keep a frozen segmenter in eval mode)."""
-
     def _loaders(self, train_set, val_set) -> Loaders:
         c = self.cfg
         return make_loaders(train_set, val_set, batch_size=c.train.batch_size, eval_batch_size=c.eval.batch_size,
@@ -98,18 +95,25 @@ class ClassificationTask(_Task):
         return WithGraphs(dataset, cache=GraphCache(cache_dir, settings=builder.settings()))
 
     def build_model(self) -> nn.Module:
+        """The classifier; a trained UPSNet (``model.segmenter.checkpoint``) is built from its checkpoint's own config
+        (:func:`~twostream.engine.checkpoint.load_segmenter`) and handed to ``build_model``, which builds no second
+        one. The trainer has already checked that the config's architecture keys agree with the checkpoint."""
+        from twostream.config import segmenter_needed
         from twostream.engine.checkpoint import load_segmenter
         from twostream.models.two_stream import build_model
 
         cfg = self.cfg
-        seg_ckpt = cfg.model.segmenter.checkpoint
-        if seg_ckpt and cfg.model.segmenter.kind == "upsnet":
-            trained = load_segmenter(seg_ckpt)
-            self.class_table = trained.class_table
-        model = build_model(cfg, num_scenes=len(self.vocabulary), class_table=self.class_table)
-        if seg_ckpt and cfg.model.segmenter.kind == "upsnet" and getattr(model, "segmenter", None) is not None:
-            model.segmenter.load_state_dict(trained.state_dict())
-            log.info("segmenter weights from %s", seg_ckpt)
+        seg = cfg.model.segmenter
+        trained = None
+        if segmenter_needed(cfg) and seg.kind == "upsnet":
+            if seg.checkpoint:
+                trained = load_segmenter(seg.checkpoint)
+                self.class_table = trained.class_table
+                log.info("segmenter: %s UPSNet from %s", seg.backbone, seg.checkpoint)
+            elif not seg.trainable:
+                log.warning("model.segmenter.checkpoint is empty: the classifier's frozen UPSNet keeps random weights, "
+                            "so its graphs at inference mean nothing; train one with configs/seg/*.yaml and name it")
+        model = build_model(cfg, num_scenes=len(self.vocabulary), class_table=self.class_table, segmenter=trained)
         if getattr(model, "segmenter", None) is not None:
             self.class_table = model.segmenter.class_table
         return model

@@ -248,9 +248,11 @@ class TwoStreamClassifier(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def build_model(cfg: Config, num_scenes: int, class_table: ClassTable) -> TwoStreamClassifier:
+def build_model(cfg: Config, num_scenes: int, class_table: ClassTable,
+                segmenter: Segmenter | None = None) -> TwoStreamClassifier:
     """The classifier ``cfg.model`` describes, for ``num_scenes`` scene classes and graphs labelled in ``class_table``
-    (replaced by the segmenter's own table when it has one). Loads no trained segmenter weights: the engine does.
+    (replaced by the segmenter's own table when it has one). Loads no trained segmenter weights: the engine does,
+    by passing ``segmenter``, a trained one built from its checkpoint's config, used instead of building one.
 
     The segmenter is built when a stream needs it: the graph stream with ``model.segmenter.kind`` other than ``none``
     (online graphs in training, and graphs at inference, where no cache exists) or ``model.shared_backbone``.
@@ -272,7 +274,10 @@ def build_model(cfg: Config, num_scenes: int, class_table: ClassTable) -> TwoStr
         # never get gradients (DistributedDataParallel stops on those).
         raise ValueError("build_model: model.segmenter.trainable needs a differentiable path to the segmenter: set "
                          "graph.pool_features=true or model.shared_backbone=true, or keep the segmenter frozen")
-    segmenter = build_segmenter(m.segmenter, class_table) if need_segmenter else None
+    if not need_segmenter:
+        segmenter = None
+    elif segmenter is None:
+        segmenter = build_segmenter(m.segmenter, class_table)
     table = segmenter.class_table if segmenter is not None else class_table
 
     builder = None
