@@ -25,8 +25,11 @@ def test_names_and_stuff_flags_match_objectinfo150():
         synonyms = [s.strip() for s in name.split(",")]
         assert table.names[int(idx)].split(";") == synonyms, idx
     with (ADE / "objectInfo150.csv").open() as f:
-        stuff = {int(r["Idx"]): r["Stuff"] == "1" for r in csv.DictReader(f)}
+        csv_rows = list(csv.DictReader(f))
+    stuff = {int(r["Idx"]): r["Stuff"] == "1" for r in csv_rows}
     assert all(table.stuff[i] == stuff[i] for i in range(1, 151))
+    # the .csv spelling (every word joined by ';'), which tests/test_hf_segmenter.py derives from this table
+    assert [r["Name"] for r in csv_rows] == [n.replace(" ", ";") for n in table.names[1:]]
     assert table.stuff[ade20k150().index("sky")] and not table.stuff[table.index("bed")]
 
 

@@ -4,7 +4,6 @@ names (checkpoint channel i = project label i + 1); a COCO-labelled model keeps 
 
 from __future__ import annotations
 
-import csv
 import inspect
 import logging
 import sys
@@ -72,13 +71,12 @@ assert len(HF_ADE20K_NAMES) == 150 and len(COCO_NAMES) == 133
 
 
 def _objectinfo150() -> dict[str, list[str]]:
-    """The real class names: objectInfo150.csv (``;`` between all words) and objectInfo150.txt (``, `` synonyms)."""
-    if not (ADE_DIR / "objectInfo150.csv").is_file() or not (ADE_DIR / "objectInfo150.txt").is_file():
-        pytest.skip(f"real ADE20K reference files not found at {ADE_DIR}")
-    with open(ADE_DIR / "objectInfo150.csv", newline="") as f:
-        csv_names = [row["Name"] for row in csv.DictReader(f)]
-    txt_names = [line.split("\t")[4].strip() for line in (ADE_DIR / "objectInfo150.txt").read_text().splitlines()[1:]]
-    return {"csv": csv_names, "txt": txt_names}
+    """The real class names in the two spellings of ADE20K's objectInfo150 files: ``.csv`` joins every word with ``;``
+    (``chest;of;drawers;chest;...``), ``.txt`` separates synonyms with ``, ``. Derived from the package's own copy of
+    the table, so these tests run on a fresh clone; tests/test_classes.py checks that the derivation reproduces the real
+    files (../shared/ade20k) exactly."""
+    names = ade20k150().names[1:]
+    return {"csv": [n.replace(" ", ";") for n in names], "txt": [n.replace(";", ", ") for n in names]}
 
 
 def _labels(names) -> dict:
