@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from twostream.config import Config, ConfigError, config_from_dict, load_config, save_config, section_hash
+from twostream.config import (
+    Config,
+    ConfigError,
+    FusionConfig,
+    GNNConfig,
+    SegmenterConfig,
+    config_from_dict,
+    load_config,
+    save_config,
+    section_hash,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,6 +160,7 @@ def test_error_in_base_names_the_base(tmp_path):
         (["model.gnn.hidden_dim=30", "model.gnn.heads=4"], "must be divisible by model.gnn.heads"),
         (["train.batch_size=0"], "train.batch_size: must be at least 1"),
         (["train.lr=0"], "train.lr: must be positive"),
+        (["data.normalize=true"], "would normalise the images a second time"),
     ],
 )
 def test_cross_key_rules(overrides, message):
@@ -174,3 +186,35 @@ def test_saved_yaml_is_plain(tmp_path):
     path = save_config(Config(), tmp_path / "c.yaml")
     data = yaml.safe_load(path.read_text())  # no python/tuple tags: safe_load reads it
     assert data["data"]["image_size"] == [224, 224]
+
+
+def _choices(section: type, key: str) -> set:
+    return set(typing.get_args(typing.get_type_hints(section)[key]))
+
+
+def test_allowed_values_are_the_model_tables():
+    """config.py may not import the models, so its Literals copy the name tables by hand: this keeps them equal. A new
+    GNN layer, norm, readout, fusion or segmenter is one table entry plus its name in the Literal."""
+    from twostream.models.fusion import FUSIONS
+    from twostream.models.gnn import CONVS, NORMS, READOUTS
+    from twostream.models.segmenter import SEGMENTERS
+
+    pairs = {
+        "model.gnn.type": (_choices(GNNConfig, "type"), set(CONVS)),
+        "model.gnn.norm": (_choices(GNNConfig, "norm"), set(NORMS)),
+        "model.gnn.readout": (_choices(GNNConfig, "readout"), set(READOUTS)),
+        # 'none': a single-stream model has no fusion module; no segmenter has no builder
+        "model.fusion.type": (_choices(FusionConfig, "type"), {*FUSIONS, "none"}),
+        "model.segmenter.kind": (_choices(SegmenterConfig, "kind"), {*SEGMENTERS, "none"}),
+    }
+    for key, (literal, table) in pairs.items():
+        assert literal == table, f"{key}: config allows {sorted(literal - table)} that the table lacks; the table " \
+                                 f"has {sorted(table - literal)} that the config refuses"
+
+
+def test_image_only_model_resolves_to_no_segmenter():
+    image_only = load_config(REPO / "configs/image_only_swin.yaml")
+    assert image_only.model.segmenter.kind == "none" and image_only.model.segmenter.checkpoint == ""
+    assert load_config(REPO / "configs/swin_gat.yaml").model.segmenter.kind == "upsnet"  # it needs one
+    seg_stage = load_config(None, ["train.stage=segmentation", "model.gnn.enabled=false", "model.fusion.type=none"])
+    assert seg_stage.model.segmenter.kind == "upsnet"  # the segmentation stage is the segmenter
