@@ -11,10 +11,12 @@ table::
     >>> pred.sem_map.shape, pred.graph.num_nodes                         # at the photo's own size
     ((480, 640), 9)
 
-Sources: a run folder (``best.pth``, else ``last.pth``), a classifier checkpoint file, or a model-only export
-(:func:`~twostream.engine.checkpoint.export_safetensors`: a folder with ``model.safetensors``, ``config.yaml``,
-``vocabulary.json`` and ``class_table.json``, or the ``.safetensors`` file inside it). A segmenter alone gives semantic
-maps and scene graphs without scenes (:meth:`Predictor.from_segmenter`): ``upsnet:<checkpoint>``,
+Sources (resolved by :func:`~twostream.engine.checkpoint.resolve_checkpoint`, read by
+:func:`~twostream.engine.checkpoint.load_trained`): a run folder (``best.pth``, else ``last.pth``), a classifier
+checkpoint file, or a model-only export (:func:`~twostream.engine.checkpoint.export_safetensors`: a folder with
+``model.safetensors``, ``config.yaml``, ``vocabulary.json`` and ``class_table.json``, or the ``.safetensors`` file
+inside it). A segmenter alone gives semantic maps and scene graphs without scenes (:meth:`Predictor.from_segmenter`):
+``upsnet:<run folder, checkpoint or export>``,
 ``hf:<hub name or folder>``, ``detectron2:<config>[@<weights>]``. Both together (``from_checkpoint(...,
 segmenter=spec)``) let the given segmenter supply the classifier's graphs, e.g. for a model trained on graphs from
 annotations (``model.segmenter.kind: none``).
