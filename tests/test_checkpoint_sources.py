@@ -35,9 +35,11 @@ SEG_ARCH = ["model.segmenter.backbone=resnet10t", "model.segmenter.fpn_channels=
 
 
 def run_tool(script: str, *args, capsys) -> tuple[int, str, str]:
-    """Run a tools/ script as ``__main__`` in this process; -> (exit status, stdout, stderr)."""
+    """Run a tools/ script as ``__main__`` in this process; -> (exit status, stdout, stderr). Logging comes back as
+    it was (tools/infer.py quietens twostream.models, which later tests' caplog would miss)."""
     argv, root = sys.argv, logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
     sys.argv = [str(REPO / script), *map(str, args)]
     try:
         runpy.run_path(str(REPO / script), run_name="__main__")
@@ -47,6 +49,9 @@ def run_tool(script: str, *args, capsys) -> tuple[int, str, str]:
     finally:
         sys.argv = argv
         root.handlers[:], root.level = handlers, level
+        for name, lg in logging.root.manager.loggerDict.items():
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(name, logging.NOTSET))
     out, err = capsys.readouterr()
     return rc, out, err
 
