@@ -393,7 +393,7 @@ def test_missing_transformers_names_the_install_command(monkeypatch):
 def test_evaluate_segmenter_on_real_ade20k_pairs(saved):
     from PIL import Image
 
-    from twostream.engine.seg_eval import evaluate_segmenter
+    from twostream.engine.evaluators import evaluate_segmenter
 
     sample = ADE_DIR / "sample"
     if not (sample / "annotations" / "validation").is_dir():

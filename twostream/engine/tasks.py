@@ -17,23 +17,11 @@ from twostream.config import Config
 from twostream.data.classes import ClassTable, ade20k150
 from twostream.engine.data import Loaders, WithGraphs, make_loaders
 from twostream.engine.distributed import DistInfo
+from twostream.engine.evaluators.base import to_device as _to_device
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ClassificationTask", "SegmentationTask", "build_task"]
-
-
-def _move(value, device: torch.device):
-    """Tensors (and PyG batches) to ``device``, inside lists and dicts too (per-image instance targets)."""
-    if isinstance(value, list | tuple):
-        return type(value)(_move(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _move(v, device) for k, v in value.items()}
-    return value.to(device, non_blocking=True) if hasattr(value, "to") and not isinstance(value, str) else value
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {key: _move(value, device) for key, value in batch.items()}
 
 
 class _Task:
@@ -63,7 +51,7 @@ class _Task:
         (run_dir / "class_table.json").write_text(json.dumps(self.class_table.to_dict()))
 
     def finish(self, run_dir: Path, metrics: dict) -> None:
-        from twostream.engine.evaluation import write_metrics_json
+        from twostream.engine.evaluators import write_metrics_json
 
         write_metrics_json(metrics, run_dir / "final_metrics.json")
 
@@ -120,17 +108,10 @@ class ClassificationTask(_Task):
         return loss, int(batch["scene"].shape[0])
 
     def evaluate(self, model: nn.Module, loader, device: torch.device, amp_dtype) -> dict:
-        from twostream.engine.evaluation import SceneMetrics
+        from twostream.engine.evaluators import SceneEvaluator, inference_on_dataset, run_classifier
 
-        metrics = SceneMetrics(self.vocabulary.names, topk=self.cfg.eval.topk, device=device)
-        for batch in loader:
-            if batch is None:
-                continue
-            batch = self.to_device(batch, device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(batch["image"], batch.get("graph"))["logits"]
-            metrics.update(logits.float(), batch["scene"])
-        return metrics.compute()
+        scenes = SceneEvaluator(self.vocabulary.names, topk=self.cfg.eval.topk, device=device)
+        return inference_on_dataset(model, loader, scenes, forward=run_classifier, device=device, amp_dtype=amp_dtype)
 
     def summary(self, m: dict) -> str:
         k = self.cfg.eval.topk
@@ -148,7 +129,7 @@ class ClassificationTask(_Task):
     def finish(self, run_dir: Path, metrics: dict) -> None:
         super().finish(run_dir, metrics)
         if metrics:
-            from twostream.engine.evaluation import format_per_class_table
+            from twostream.engine.evaluators import format_per_class_table
 
             log.info("per-class accuracy on %s:\n%s", self.cfg.data.val_split, format_per_class_table(metrics))
 
@@ -182,7 +163,7 @@ class SegmentationTask(_Task):
         return sum(losses.values()), int(batch["image"].shape[0])
 
     def evaluate(self, model: nn.Module, loader, device: torch.device, amp_dtype) -> dict:
-        from twostream.engine.seg_eval import evaluate_segmenter
+        from twostream.engine.evaluators import evaluate_segmenter
 
         metrics = evaluate_segmenter(model, loader, self.class_table, device=device, amp_dtype=amp_dtype)
         # PQ's scalars at the top level, where metrics.jsonl and TensorBoard take numbers from
