@@ -13,8 +13,9 @@ name). Training validation (``engine/tasks.py``) and ``tools/eval.py`` (``engine
 
 One way to reduce across ranks: an evaluator's state is a tensor of sums (a confusion matrix, hit counts, PQ counts),
 each rank processes its own shard of the split (no padded sampler, so no image counts twice), and ``evaluate`` calls
-:func:`sum_over_ranks` once on the whole state. Sums reduce exactly, so any number of processes gives the numbers of
-one; every rank gets the result.
+:func:`sum_over_ranks` once on the whole state. Counts reduce exactly, so any number of processes gives the numbers of
+one (sums of per-image real values, PQ's matched IoUs and the macro graph scores, to float64 rounding); every rank
+gets the result.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class Evaluators(Evaluator):
         for evaluator in self.evaluators.values():
             for key, value in evaluator.evaluate().items():
                 if key in merged:
-                    raise KeyError(f"Evaluators: two evaluators return '{key}'; give them names (a dict)")
+                    raise ValueError(f"Evaluators: two evaluators return '{key}'; give them names (a dict)")
                 merged[key] = value
         return merged
 
