@@ -74,7 +74,8 @@ def _split_loader(cfg: Config, split: str, *, vocabulary=None, gt_graphs=None, i
 
 
 def _split_stems(cfg: Config, split: str) -> list[str]:
-    """Every image stem of the split (before the vocabulary, ``max_items`` or unreadable files leave some out)."""
+    """Every image stem of the split (before the vocabulary, ``max_items`` or unreadable files leave some out): what
+    subset files are checked against. It reads what :func:`_split_loader` reads, so the two change together."""
     from twostream.data.ade20k import list_split
 
     return [stem for stem, _, _ in list_split(cfg.data.root, split)[0]]
@@ -122,7 +123,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
             raise ValueError(f"--subset scores scene classification; {path} is a segmentation-stage checkpoint")
         metrics = _evaluate_segmenter(path, cfg, model_cfg, split, class_table, dev, batch_size)
     elif ckpt.get("stage") == "classifier":
-        named = read_subsets(cfg.data.root, split, _split_stems(cfg, split), subsets)
+        named = read_subsets(cfg.data.root, split, lambda: _split_stems(cfg, split), subsets)
         metrics = _evaluate_classifier(ckpt, path, cfg, model_cfg, split, class_table, graphs, dev, batch_size, out,
                                        named)
     else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -79,18 +79,24 @@ def synthetic_subsets(root: str | Path, split_stems: Collection[str]) -> dict[st
     return out
 
 
-def read_subsets(root: str | Path, split: str, split_stems: Collection[str],
+def read_subsets(root: str | Path, split: str, split_stems: Collection[str] | Callable[[], Collection[str]],
                  files: Mapping[str, str | Path] | Sequence[tuple[str, str | Path]] = ()) -> dict[str, list[str]]:
     """Every subset of ``split`` to score: those of ``synthetic.json``, then the given ``{name: file}`` (a name
     given twice, or given as a file and by ``synthetic.json``, takes the file).
+
+    ``split_stems``: every image stem of the split, or a function giving them (called only when there is a
+    ``synthetic.json`` or a file to check, so a split without subsets is never listed).
 
     Raises:
         FileNotFoundError: a subset file does not exist.
         ValueError: a file lists stems that are not images of ``split`` (one line: how many, the first few).
     """
-    split_set = set(split_stems)
+    files = list(files.items() if isinstance(files, Mapping) else files)
+    if not files and not (Path(root) / SYNTHETIC_META).is_file():
+        return {}
+    split_set = set(split_stems() if callable(split_stems) else split_stems)
     subsets = synthetic_subsets(root, split_set)
-    for name, file in (files.items() if isinstance(files, Mapping) else files):
+    for name, file in files:
         stems = read_subset_file(file)
         if not stems:
             raise ValueError(f"--subset {name}={file}: the file lists no image stems")
