@@ -148,7 +148,7 @@ def test_error_in_base_names_the_base(tmp_path):
         (["model.image_encoder.enabled=false", "model.gnn.enabled=false"], "both false"),
         (["model.fusion.type=none"], "both streams are enabled"),
         (["model.gnn.enabled=false"], "needs model.fusion.type=none"),
-        (["model.shared_backbone=true", "model.segmenter.kind=hf"], "shared_backbone needs model.segmenter.kind"),
+        (["graph.source=online", "model.segmenter.trainable=true"], "needs a differentiable path to the segmenter"),
         (["model.shared_backbone=true"], "needs graph.source=online"),
         (["model.segmenter.kind=none"], "set graph.source=gt"),
         (["graph.pool_features=true"], "pool_features needs graph.source=online"),

@@ -19,7 +19,7 @@ from twostream.engine.checkpoint import (
     load_model_state,
 )
 from twostream.engine.data import ItemKey, ResumableSampler, SeededItems, ShardSampler, collate, make_loaders
-from twostream.engine.evaluation import SceneMetrics, format_per_class_table, save_confusion_png
+from twostream.engine.evaluators import SceneEvaluator, format_per_class_table, save_confusion_png
 from twostream.engine.optim import build_optimizer, lr_factor
 
 
@@ -211,10 +211,10 @@ def test_scene_metrics_against_hand_computed_values(tmp_path):
         [0.0, 3.0, 1.0], [0.0, 1.0, 2.0], [0.0, 1.0, 4.0],
     ])
     target = torch.tensor([0, 0, 0, 1, 1, 2])
-    metrics = SceneMetrics(names, topk=2)
+    metrics = SceneEvaluator(names, topk=2)
     metrics.update(logits[:4], target[:4])
     metrics.update(logits[4:], target[4:])
-    m = metrics.compute()
+    m = metrics.evaluate()
     assert m["num_images"] == 6
     assert m["top1"] == pytest.approx(4 / 6)
     assert m["top2"] == pytest.approx(1.0)
@@ -228,9 +228,9 @@ def test_scene_metrics_against_hand_computed_values(tmp_path):
 
 
 def test_scene_metrics_class_without_images_is_left_out_of_the_mean():
-    metrics = SceneMetrics(["a", "b", "c"], topk=5)
+    metrics = SceneEvaluator(["a", "b", "c"], topk=5)
     metrics.update(torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]]), torch.tensor([0, 0]))
-    m = metrics.compute()
+    m = metrics.evaluate()
     assert m["per_class"]["c"]["accuracy"] is None
     assert m["mean_class_accuracy"] == pytest.approx(0.5)  # only class a has images
     assert "top3" in m  # k clipped to the number of classes

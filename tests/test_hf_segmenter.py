@@ -262,6 +262,8 @@ def test_segmenter_from_saved_folder(saved, photos, arch):
     out = segmenter(photos)
     assert out["sem_logits"].shape == (2, 151, 64, 80) and torch.isfinite(out["sem_logits"]).all()
     assert out["features"].shape[0] == 2 and out["features"].shape[-2:] == (16, 20)
+    # the declared width is the returned one where the architecture's classifier tells it (mask models: unknown)
+    assert segmenter.feature_dim == (None if arch == "mask2former" else out["features"].shape[1])
     labels = segmenter.predict(photos)
     assert labels.shape == (2, 64, 80) and labels.dtype == torch.int64
     assert int(labels.min()) >= 1 and int(labels.max()) <= 150  # an ADE checkpoint never predicts 'other'
@@ -391,7 +393,7 @@ def test_missing_transformers_names_the_install_command(monkeypatch):
 def test_evaluate_segmenter_on_real_ade20k_pairs(saved):
     from PIL import Image
 
-    from twostream.engine.seg_eval import evaluate_segmenter
+    from twostream.engine.evaluators import evaluate_segmenter
 
     sample = ADE_DIR / "sample"
     if not (sample / "annotations" / "validation").is_dir():

@@ -36,5 +36,5 @@ def test_other_fields_come_from_the_base():
 
 @pytest.mark.parametrize("spec", ["segformer", "hf:", "torchhub:x", "detectron2", ""])
 def test_bad_specs_list_the_forms(spec):
-    with pytest.raises(ValueError, match=r"expected hf:NAME, detectron2:CONFIG\[@WEIGHTS\], upsnet:CHECKPOINT"):
+    with pytest.raises(ValueError, match=r"expected upsnet:CHECKPOINT, hf:NAME, detectron2:CONFIG\[@WEIGHTS\] or none"):
         parse_segmenter_spec(spec)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from twostream.config import config_from_dict, load_config
+from twostream.config import ConfigError, load_config
 from twostream.data.classes import ade20k150
 from twostream.graph.builder import SceneGraphBuilder
 from twostream.models.image_encoder import FeatureMapEncoder, ImageEncoder
@@ -142,20 +142,20 @@ def test_pooled_features_and_a_trainable_segmenter():
                        ["graph.source=online", "graph.pool_features=true", "model.segmenter.trainable=true",
                         "model.image_encoder.name=test_vit"])
     model = build_model(cfg, num_scenes=S, class_table=TABLE)
-    assert model.graph_encoder.feature_dim == model.segmenter.num_features
+    assert model.graph_encoder.feature_dim == model.segmenter.feature_dim
     model.train()
     assert model.segmenter.training
     out = forward_backward(model, cfg)
-    assert out["graphs"][0].features.shape[1] == model.segmenter.num_features
+    assert out["graphs"][0].features.shape[1] == model.segmenter.feature_dim
     # the scene loss reaches the segmenter through the features pooled under each node
     head_grads = [p.grad for p in model.segmenter.semantic_head.parameters() if p.grad is not None]
     assert head_grads and any(g.abs().sum() > 0 for g in head_grads)
 
 
 def test_a_trainable_segmenter_needs_a_gradient_path():
-    cfg = small_config(REPO / "configs" / "vit_gat.yaml", ["graph.source=online", "model.segmenter.trainable=true"])
-    with pytest.raises(ValueError, match=r"graph\.pool_features=true or model\.shared_backbone=true"):
-        build_model(cfg, S, TABLE)
+    # a cross-key rule: the config's validation says it, once (build_model does not repeat it)
+    with pytest.raises(ConfigError, match=r"graph\.pool_features=true or model\.shared_backbone=true"):
+        small_config(REPO / "configs" / "vit_gat.yaml", ["graph.source=online", "model.segmenter.trainable=true"])
 
 
 def test_single_stream_models_and_missing_graphs():
@@ -198,9 +198,20 @@ def test_timm_contract_and_parameter_table(caplog):
     assert format_parameter_table({"a": (1000, 10)}).splitlines()[-1].split() == ["total", "1,000", "10"]
 
 
-def test_build_refuses_inconsistent_streams():
-    with pytest.raises(ValueError, match="does not fit the streams"):
-        build_model(config_from_dict({"model": {"fusion": {"type": "none"}}}), S, TABLE)
-    with pytest.raises(ValueError, match="both false"):
-        build_model(config_from_dict({"model": {"gnn": {"enabled": False}, "image_encoder": {"enabled": False}}}),
-                    S, TABLE)
+def test_build_refuses_a_segmenter_without_the_capability_in_one_line():
+    cfg = small_config(REPO / "configs" / "vit_gat.yaml", ["graph.source=online", "model.segmenter.kind=hf",
+                                                            "model.shared_backbone=true"])
+    with pytest.raises(ValueError) as info:
+        build_model(cfg, S, TABLE)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("model.shared_backbone needs a segmenter with the capability "
+                                                       "shares_backbone")
+    assert "'hf' (HFSegmenter) does not declare it" in message and "kinds that do: upsnet" in message
+
+
+def test_the_constructor_checks_its_own_arguments():
+    with pytest.raises(ValueError, match="image_encoder and graph_encoder are both None"):
+        TwoStreamClassifier(num_scenes=S)
+    encoder = FeatureMapEncoder(8)
+    with pytest.raises(ValueError, match="fusion module exactly when both"):
+        TwoStreamClassifier(num_scenes=S, image_encoder=encoder, fusion=torch.nn.Identity())

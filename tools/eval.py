@@ -4,10 +4,13 @@
     python tools/eval.py --checkpoint runs/quickstart                       # best.pth of the run, validation split
     python tools/eval.py --config configs/swin_gat.yaml --checkpoint runs/swin_gat/best.pth --graphs gt
     python tools/eval.py --checkpoint runs/quickstart_seg/best.pth          # a segmenter: mIoU + graph quality
+    python tools/eval.py --checkpoint runs/quickstart --subset hard=hard_images.txt   # + a named subset
 
 A classifier gets top-1, top-k, mean per-class accuracy, a per-class table and a confusion-matrix image, and (when its
 graphs come from its own segmenter) the segmenter's mIoU / pixel accuracy and the scene-graph quality against the
-annotations' graphs. Everything goes to <out>/metrics.json (default <run folder>/eval-<split>/).
+annotations' graphs. A classifier is also scored on named subsets of the split: every list of the dataset's
+synthetic.json (e.g. relation_only) and every --subset NAME=FILE (one image stem per line), under "subsets".
+Everything goes to <out>/metrics.json (default <run folder>/eval-<split>/).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--graphs", default="auto", choices=["auto", "online", "gt"],
                    help="classifier graphs: online = from its segmenter as at inference, gt = from the annotations "
                         "(oracle), auto = online when the model has a segmenter (default: auto)")
+    p.add_argument("--subset", action="append", default=[], metavar="NAME=FILE",
+                   help="also score the images FILE lists (one stem per line) as subset NAME; repeatable (default: "
+                        "only the lists of the dataset's synthetic.json)")
     p.add_argument("--out", default=None, help="output folder (default: <run folder>/eval-<split>)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
@@ -42,6 +48,7 @@ def main(args: argparse.Namespace) -> int:
     from twostream.config import load_config
     from twostream.engine.checkpoint import load_trained
     from twostream.engine.evaluate import evaluate_checkpoint
+    from twostream.engine.evaluators.subsets import parse_subset_arg
 
     cfg = None
     if args.config or args.opts:
@@ -55,8 +62,9 @@ def main(args: argparse.Namespace) -> int:
             own = config_from_dict(load_trained(args.checkpoint, mmap=True)["config"])
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = load_config(save_config(own, f"{tmp}/config.yaml"), args.opts)
+    subsets = [parse_subset_arg(text) for text in args.subset]
     evaluate_checkpoint(args.checkpoint, cfg=cfg, split=args.split, graphs=args.graphs, out_dir=args.out,
-                        device=args.device, batch_size=args.batch_size)
+                        device=args.device, batch_size=args.batch_size, subsets=subsets)
     return 0
 
 

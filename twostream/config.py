@@ -404,13 +404,11 @@ def _check_consistency(cfg: Config, source: str) -> None:
             f"{source}: model.fusion.type is '{m.fusion.type}' but {off} is disabled; "
             "a single-stream model needs model.fusion.type=none"
         )
-    if m.shared_backbone:
-        if m.segmenter.kind != "upsnet":
-            raise ConfigError(f"{source}: model.shared_backbone needs model.segmenter.kind=upsnet, "
-                              f"got '{m.segmenter.kind}'")
-        if cfg.graph.source != "online":
-            raise ConfigError(f"{source}: model.shared_backbone needs graph.source=online (the segmenter runs in "
-                              f"the model), got '{cfg.graph.source}'")
+    # Whether a segmenter kind can share its backbone is its class's declaration (Segmenter.shares_backbone), checked
+    # where the class is known: build_model.
+    if m.shared_backbone and cfg.graph.source != "online":
+        raise ConfigError(f"{source}: model.shared_backbone needs graph.source=online (the segmenter runs in "
+                          f"the model), got '{cfg.graph.source}'")
     if graph_on and m.segmenter.kind == "none" and cfg.graph.source != "gt":
         raise ConfigError(f"{source}: model.segmenter.kind is 'none' so graphs can only come from annotations; "
                           f"set graph.source=gt (got '{cfg.graph.source}')")
@@ -419,6 +417,12 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if cfg.train.stage == "classifier" and m.segmenter.trainable and graph_on and cfg.graph.source != "online":
         raise ConfigError(f"{source}: model.segmenter.trainable needs graph.source=online in the classifier stage "
                           f"(with '{cfg.graph.source}' graphs the segmenter never runs, so it cannot learn)")
+    if (cfg.train.stage == "classifier" and m.segmenter.trainable and graph_on and m.segmenter.kind != "none"
+            and not (cfg.graph.pool_features or m.shared_backbone)):
+        # Graphs come from an argmax, which has no gradient: the segmenter could not learn, and its parameters would
+        # never get gradients (DistributedDataParallel stops on those).
+        raise ConfigError(f"{source}: model.segmenter.trainable needs a differentiable path to the segmenter: set "
+                          "graph.pool_features=true or model.shared_backbone=true, or keep the segmenter frozen")
     if cfg.train.stage == "segmentation" and m.segmenter.kind not in ("upsnet", "hf"):
         raise ConfigError(f"{source}: train.stage=segmentation trains model.segmenter.kind upsnet or hf, "
                           f"got '{m.segmenter.kind}'")

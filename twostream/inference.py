@@ -29,7 +29,6 @@ with the run's builder settings, padding (``keep_ratio``) void as in the cache. 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from twostream.config import Config, DataConfig, GraphConfig, config_from_dict
-from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150
+from twostream.config import Config, GraphConfig, config_from_dict
+from twostream.data.classes import IGNORE_INDEX, ClassTable
 from twostream.engine.checkpoint import (
     CheckpointError,
     inference_config,
@@ -50,6 +49,7 @@ from twostream.engine.checkpoint import (
     resolve_checkpoint,
 )
 from twostream.engine.distributed import DEVICES, resolve_device
+from twostream.engine.segmenters import segmenter_from_spec
 from twostream.graph.scene_graph import SceneGraph
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ class Predictor:
         model = build_model(cfg, num_scenes=len(scenes), class_table=class_table)
         load_model_state(model, state, source)
         log.info("loaded %s: %d scenes, class table %s", source, len(scenes), class_table.name)
-        seg = _segmenter_from_spec(segmenter, cfg.graph)[0] if segmenter is not None else None
+        seg = segmenter_from_spec(segmenter, cfg.graph)[0] if segmenter is not None else None
         return cls(model=model, segmenter=seg, cfg=cfg, scenes=scenes, class_table=class_table, device=device,
                    precision=precision)
 
@@ -303,7 +303,7 @@ class Predictor:
         classifier checkpoint; its run's input size and graph settings), ``hf:<hub name or folder>`` or
         ``detectron2:<config>[@<weights>]`` (images at their own size, these resize internally; graph settings
         from ``graph``, default :class:`~twostream.config.GraphConfig`)."""
-        segmenter, cfg, native = _segmenter_from_spec(spec, graph)
+        segmenter, cfg, native = segmenter_from_spec(spec, graph)
         return cls(segmenter=segmenter, cfg=cfg, native_size=native, device=device, precision=precision)
 
     # ------------------------------------------------------------------------------------------------ prediction
@@ -401,27 +401,3 @@ class Predictor:
         top, left, ch, cw = inp.box
         pad[top:top + ch, left:left + cw] = False
         return pad
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Segmenters by spec
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _segmenter_from_spec(spec: str, graph: GraphConfig | None) -> tuple[nn.Module, Config, bool]:
-    """``--segmenter`` spec -> ``(segmenter, config for the predictor, native_size)``."""
-    from twostream.engine.checkpoint import load_segmenter
-    from twostream.models.segmenter import build_segmenter, parse_segmenter_spec
-
-    seg_cfg = parse_segmenter_spec(spec)
-    if seg_cfg.kind == "none":
-        raise ValueError("--segmenter none gives no graphs; give upsnet:CHECKPOINT, hf:NAME or detectron2:CONFIG")
-    if seg_cfg.kind == "upsnet":  # a run folder, checkpoint file or export, of a segmenter or a classifier with one
-        source = resolve_checkpoint(seg_cfg.checkpoint)
-        segmenter = load_segmenter(source)
-        run = config_from_dict(load_trained(source, mmap=True)["config"], source=f"{source} (config)")
-        cfg = dataclasses.replace(Config(), data=run.data, graph=graph or run.graph)
-        return segmenter, cfg, False
-    segmenter = build_segmenter(seg_cfg, ade20k150())
-    cfg = dataclasses.replace(Config(), data=DataConfig(), graph=graph or GraphConfig())
-    return segmenter, cfg, True

@@ -396,16 +396,18 @@ def resolve_segmenter_config(cfg: Config) -> Config:
         config_from_dict,
         segmenter_needed,
     )
+    from twostream.models.segmenter import segmenter_class
 
     seg = cfg.model.segmenter
-    if cfg.train.stage != "classifier" or seg.kind != "upsnet" or not seg.checkpoint or not segmenter_needed(cfg):
+    if (cfg.train.stage != "classifier" or seg.kind == "none" or not segmenter_class(seg.kind).weights_from_checkpoint
+            or not seg.checkpoint or not segmenter_needed(cfg)):
         return cfg
     ckpt = load_trained(seg.checkpoint, mmap=True)
     source = ckpt["path"]
     trained = config_from_dict(ckpt["config"], source=f"{source} (config)").model.segmenter
     if trained.kind != seg.kind:
         raise ConfigError(f"model.segmenter.checkpoint: {source} holds a '{trained.kind}' segmenter, not a trained "
-                          f"UPSNet; give a segmentation-stage checkpoint (configs/seg/*.yaml)")
+                          f"'{seg.kind}' one; give a segmentation-stage checkpoint (configs/seg/*.yaml)")
     default = SegmenterConfig()
     for key in SEGMENTER_ARCHITECTURE:
         mine, theirs = getattr(seg, key), getattr(trained, key)

@@ -7,13 +7,18 @@ One pass over the split scores everything the checkpoint can be scored on:
   (node and edge precision / recall / F1 against the graphs of the annotations);
 - a **segmenter** (segmentation-stage checkpoint): mIoU / pixel accuracy and the scene-graph quality.
 
-Results are written to ``<out>/metrics.json`` (and ``confusion_matrix.png``, ``per_class.md`` for a classifier).
+A classifier is also scored on named subsets of the split (``subsets``: every list of the dataset's
+``synthetic.json`` and any ``--subset NAME=FILE``). Each metric is an evaluator of :mod:`twostream.engine.evaluators`
+fed by its one loop, :func:`~twostream.engine.evaluators.inference_on_dataset`; what the loop reads is
+:func:`_split_loader`. Results are written to ``<out>/metrics.json`` (and ``confusion_matrix.png``, ``per_class.md``
+for a classifier).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +28,22 @@ from twostream.data.classes import ClassTable, ade20k150
 from twostream.engine.checkpoint import CheckpointError, inference_config, load_model_state, load_trained
 from twostream.engine.data import WithGraphs, collate
 from twostream.engine.distributed import resolve_device
+from twostream.engine.evaluators import (
+    Evaluator,
+    PanopticEvaluator,
+    SceneEvaluator,
+    SceneGraphEvaluator,
+    SemSegEvaluator,
+    SubsetEvaluator,
+    format_per_class_table,
+    format_subset_table,
+    inference_on_dataset,
+    read_subsets,
+    run_classifier,
+    run_segmenter,
+    save_confusion_png,
+    write_metrics_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +62,25 @@ def _dataset(cfg: Config, split: str, vocabulary, instances: bool = False):
                          skip_bad=cfg.data.skip_bad, max_items=cfg.data.max_items, instances=instances)
 
 
+def _split_loader(cfg: Config, split: str, *, vocabulary=None, gt_graphs=None, instances: bool = False,
+                  batch_size: int | None = None):
+    """What the evaluation reads, in order: the split's items (with ``gt_graphs``, a ``SceneGraphBuilder``, each item
+    also carries the graph of its annotation; with ``instances``, its instance masks), batched."""
+    dataset = _dataset(cfg, split, vocabulary, instances=instances)
+    if gt_graphs is not None:
+        dataset = WithGraphs(dataset, builder=gt_graphs)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, shuffle=False,
+                                       num_workers=cfg.data.num_workers, collate_fn=collate)
+
+
+def _split_stems(cfg: Config, split: str) -> list[str]:
+    """Every image stem of the split (before the vocabulary, ``max_items`` or unreadable files leave some out): what
+    subset files are checked against. It reads what :func:`_split_loader` reads, so the two change together."""
+    from twostream.data.ade20k import list_split
+
+    return [stem for stem, _, _ in list_split(cfg.data.root, split)[0]]
+
+
 def _scores_segmentation(class_table: ClassTable) -> bool:
     """Segmentation and graph quality are defined against ADE20K annotations only for the ADE20K-150 label set."""
     if tuple(class_table.names) == tuple(ade20k150().names):
@@ -50,22 +90,10 @@ def _scores_segmentation(class_table: ClassTable) -> bool:
     return False
 
 
-def _loader(dataset, cfg: Config, batch_size: int | None):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, shuffle=False,
-                                       num_workers=cfg.data.num_workers, collate_fn=collate)
-
-
-def _graph_scores(builder, graphs, targets, metrics) -> None:
-    """Add the match of each predicted graph against the graph of its annotation to ``metrics``."""
-    from twostream.graph.metrics import compare_label_maps
-
-    for pred_map, target in zip(graphs, targets):
-        metrics.update(compare_label_maps(pred_map, target, builder))  # padding (255) belongs to no node
-
-
 def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, split: str | None = None,
                         graphs: str = "auto", out_dir: str | Path | None = None, device: str = "auto",
-                        batch_size: int | None = None) -> dict:
+                        batch_size: int | None = None,
+                        subsets: Mapping[str, str | Path] | Sequence[tuple[str, str | Path]] = ()) -> dict:
     """Score ``checkpoint`` (a run folder, a checkpoint file or an export folder) on ``split`` and write the results
     to ``out_dir``.
 
@@ -76,6 +104,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
         graphs: classifier only: ``online`` (from its segmenter, as at inference), ``gt`` (from the annotations:
             the oracle upper bound), ``auto`` (online when the model has a segmenter, else gt).
         out_dir: where ``metrics.json`` and friends go; default ``<run folder>/eval-<split>``.
+        subsets: classifier only: ``{name: file}`` (or pairs) of image-stem lists scored beside the whole split, in
+            addition to the lists of the dataset's ``synthetic.json`` (:mod:`twostream.engine.evaluators.subsets`).
     """
     if graphs not in GRAPH_SOURCES:
         raise ValueError(f"graphs '{graphs}' is not one of {', '.join(GRAPH_SOURCES)}")
@@ -88,14 +118,16 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
     class_table = ClassTable.from_dict(ckpt["class_table"])
     dev = resolve_device(device)
     if ckpt.get("stage") == "segmentation":
+        if subsets:
+            raise ValueError(f"--subset scores scene classification; {path} is a segmentation-stage checkpoint")
         metrics = _evaluate_segmenter(path, cfg, model_cfg, split, class_table, dev, batch_size)
     elif ckpt.get("stage") == "classifier":
-        metrics = _evaluate_classifier(ckpt, path, cfg, model_cfg, split, class_table, graphs, dev, batch_size, out)
+        named = read_subsets(cfg.data.root, split, lambda: _split_stems(cfg, split), subsets)
+        metrics = _evaluate_classifier(ckpt, path, cfg, model_cfg, split, class_table, graphs, dev, batch_size, out,
+                                       named)
     else:
         raise CheckpointError(f"{path}: unknown stage {ckpt.get('stage')!r}")
     metrics.update(checkpoint=str(path), split=split, step=int(ckpt.get("step", 0)))
-    from twostream.engine.evaluation import write_metrics_json
-
     write_metrics_json(metrics, out / "metrics.json")
     log.info("wrote %s", out / "metrics.json")
     return metrics
@@ -104,34 +136,26 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
 def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, class_table: ClassTable,
                         device: torch.device, batch_size: int | None) -> dict:
     from twostream.engine.checkpoint import load_segmenter
-    from twostream.engine.pq_eval import PanopticMetrics
-    from twostream.engine.seg_eval import SegMetrics
     from twostream.graph.builder import SceneGraphBuilder
-    from twostream.graph.metrics import GraphMetrics
 
     segmenter = load_segmenter(path, device)
     if not _scores_segmentation(class_table):
         raise ValueError(f"{path}: a segmenter of '{class_table.name}' labels cannot be scored on ADE20K annotations")
-    seg, graph = SegMetrics(class_table, device=device), GraphMetrics()
+    evaluators: dict[str, Evaluator] = {
+        "segmentation": SemSegEvaluator(class_table, device=device),
+        "graph_quality": SceneGraphEvaluator(SceneGraphBuilder.from_config(model_cfg.graph, class_table)),
+    }
     # PQ when the checkpoint has the panoptic head and the data its instance annotations (data.instances)
-    panoptic = PanopticMetrics(class_table, device=device) if cfg.data.instances else None
-    builder = SceneGraphBuilder.from_config(model_cfg.graph, class_table)
-    loader = _loader(_dataset(cfg, split, None, instances=panoptic is not None), cfg, batch_size)
-    with torch.no_grad():
-        for batch in loader:
-            if batch is None:
-                continue
-            out = segmenter(batch["image"].to(device))
-            pred = out["sem_logits"].argmax(dim=1)
-            seg.update(pred, batch["sem_seg"])
-            _graph_scores(builder, pred.cpu(), batch["sem_seg"], graph)
-            if panoptic is not None and "panoptic" in out:
-                panoptic.update(out["panoptic"], batch["sem_seg"], batch["instances"])
-    metrics = {"stage": "segmentation", "segmentation": seg.compute(), "graph_quality": graph.compute()}
+    if cfg.data.instances:
+        evaluators["panoptic"] = PanopticEvaluator(class_table, device=device)
+    loader = _split_loader(cfg, split, instances=cfg.data.instances, batch_size=batch_size)
+    results = inference_on_dataset(segmenter, loader, evaluators, forward=run_segmenter, device=device)
+    metrics = {"stage": "segmentation", "segmentation": results["segmentation"],
+               "graph_quality": results["graph_quality"]}
     s, g = metrics["segmentation"], metrics["graph_quality"]["micro"]
     log.info("%s: mIoU %.1f%%, pixel accuracy %.1f%% on %d images; graph node F1 %.3f, edge F1 %.3f", split,
              100 * s["miou"], 100 * s["pixel_accuracy"], s["num_images"], g["node_f1"], g["edge_f1"])
-    p = panoptic.compute() if panoptic is not None else None
+    p = results.get("panoptic")
     if p is not None and p["num_images"]:
         s["panoptic"] = p
         log.info("%s: PQ %.1f (things %.1f, stuff %.1f), SQ %.1f, RQ %.1f", split, 100 * p["pq"],
@@ -141,16 +165,9 @@ def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, 
 
 def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config, split: str,
                          class_table: ClassTable, graphs: str, device: torch.device, batch_size: int | None,
-                         out: Path) -> dict:
+                         out: Path, subsets: dict[str, list[str]]) -> dict:
     from twostream.data.vocabulary import SceneVocabulary
-    from twostream.engine.evaluation import (
-        SceneMetrics,
-        format_per_class_table,
-        save_confusion_png,
-    )
-    from twostream.engine.seg_eval import SegMetrics
     from twostream.graph.builder import SceneGraphBuilder
-    from twostream.graph.metrics import GraphMetrics
     from twostream.models.two_stream import build_model
 
     vocabulary = SceneVocabulary.from_names(ckpt["vocabulary"])
@@ -171,38 +188,30 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     model.to(device).eval()
 
     builder = SceneGraphBuilder.from_config(model_cfg.graph, class_table)
-    dataset = _dataset(cfg, split, vocabulary)
-    if graphs == "gt" and m.gnn.enabled:
-        dataset = WithGraphs(dataset, builder=builder)
-    scenes = SceneMetrics(vocabulary.names, topk=cfg.eval.topk, device=device)
-    scored = graphs == "online" and _scores_segmentation(class_table)
-    seg = SegMetrics(class_table, device=device) if scored else None
-    graph_quality = GraphMetrics() if scored else None
-    with torch.no_grad():
-        for batch in _loader(dataset, cfg, batch_size):
-            if batch is None:
-                continue
-            given = batch["graph"].to(device) if "graph" in batch else None
-            result = model(batch["image"].to(device), given)
-            scenes.update(result["logits"].float(), batch["scene"].to(device))
-            if seg is not None and "sem_logits" in result:
-                pred = result["sem_logits"].argmax(dim=1)
-                seg.update(pred, batch["sem_seg"])
-                _graph_scores(builder, pred.cpu(), batch["sem_seg"], graph_quality)
-    metrics = {"stage": "classifier", "graphs": graphs, **scenes.compute()}
-    if seg is not None:
-        metrics["segmentation"] = seg.compute()
-        metrics["graph_quality"] = graph_quality.compute()
+    k = cfg.eval.topk
+    evaluators: dict[str, Evaluator] = {"scenes": SceneEvaluator(vocabulary.names, topk=k, device=device)}
+    if graphs == "online" and _scores_segmentation(class_table):
+        evaluators["segmentation"] = SemSegEvaluator(class_table, device=device)
+        evaluators["graph_quality"] = SceneGraphEvaluator(builder)
+    if subsets:
+        evaluators["subsets"] = SubsetEvaluator(subsets, vocabulary.names, topk=k, device=device)
+    loader = _split_loader(cfg, split, vocabulary=vocabulary, batch_size=batch_size,
+                           gt_graphs=builder if graphs == "gt" and m.gnn.enabled else None)
+    results = inference_on_dataset(model, loader, evaluators, forward=run_classifier, device=device)
+    metrics = {"stage": "classifier", "graphs": graphs, **results.pop("scenes"), **results}
     out.mkdir(parents=True, exist_ok=True)
     table = format_per_class_table(metrics)
+    if metrics.get("subsets"):
+        table += "\n\n" + format_subset_table(metrics["subsets"])
     (out / "per_class.md").write_text(table + "\n")
     save_confusion_png(metrics, out / "confusion_matrix.png")
-    k = cfg.eval.topk
-    topk = metrics.get(f"top{min(k, len(vocabulary))}")
-    log.info("%s (graphs: %s): top-1 %.1f%%, top-%d %.1f%%, mean class accuracy %.1f%% on %d images\n%s", split,
-             graphs, 100 * metrics["top1"], min(k, len(vocabulary)), 100 * topk, 100 * metrics["mean_class_accuracy"],
-             metrics["num_images"], table)
-    if seg is not None:
+    kk = min(k, len(vocabulary))
+    subset_text = "".join(f"; {name}: top-1 {100 * s['top1']:.1f}% on {s['num_images']} images"
+                          for name, s in metrics.get("subsets", {}).items())
+    log.info("%s (graphs: %s): top-1 %.1f%%, top-%d %.1f%%, mean class accuracy %.1f%% on %d images%s\n%s", split,
+             graphs, 100 * metrics["top1"], kk, 100 * metrics[f"top{kk}"], 100 * metrics["mean_class_accuracy"],
+             metrics["num_images"], subset_text, table)
+    if "segmentation" in metrics:
         s, g = metrics["segmentation"], metrics["graph_quality"]["micro"]
         log.info("segmenter: mIoU %.1f%%, pixel accuracy %.1f%%; scene graphs vs annotations: node F1 %.3f, "
                  "edge F1 %.3f", 100 * s["miou"], 100 * s["pixel_accuracy"], g["node_f1"], g["edge_f1"])

@@ -8,7 +8,6 @@ training computes from the same config (:func:`twostream.graph.cache.default_cac
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -22,23 +21,18 @@ __all__ = ["build_split_caches", "segmenter_for_cache"]
 
 
 def segmenter_for_cache(cfg: Config, device: torch.device):
-    """The segmenter ``cfg.model.segmenter`` names, ready to predict: a UPSNet from its trained checkpoint, or a
-    published model (frozen) through its adapter."""
-    from twostream.data.classes import ade20k150
-    from twostream.engine.checkpoint import load_segmenter
-    from twostream.models.segmenter import build_segmenter
+    """The segmenter ``cfg.model.segmenter`` names, ready to predict: from its trained checkpoint (UPSNet) or a
+    published model (frozen) through its adapter (:func:`twostream.engine.segmenters.ready_segmenter`)."""
+    from twostream.engine.segmenters import ready_segmenter
+    from twostream.models.segmenter import segmenter_class
 
     seg_cfg = cfg.model.segmenter
-    if seg_cfg.kind == "upsnet":
-        if not seg_cfg.checkpoint:
-            raise ValueError("graphs from predictions need a trained segmenter: pass --checkpoint (or --segmenter "
-                             "upsnet:CKPT | hf:NAME | detectron2:CONFIG) or set model.segmenter.checkpoint")
-        segmenter = load_segmenter(seg_cfg.checkpoint, device)
-    elif seg_cfg.kind in ("hf", "detectron2"):
-        segmenter = build_segmenter(dataclasses.replace(seg_cfg, trainable=False), ade20k150()).to(device).eval()
-    else:
+    if seg_cfg.kind == "none":
         raise ValueError(f"graphs from predictions need a segmenter; model.segmenter.kind is '{seg_cfg.kind}'")
-    return segmenter
+    if segmenter_class(seg_cfg.kind).weights_from_checkpoint and not seg_cfg.checkpoint:
+        raise ValueError("graphs from predictions need a trained segmenter: pass --checkpoint (or --segmenter "
+                         "upsnet:CKPT | hf:NAME | detectron2:CONFIG) or set model.segmenter.checkpoint")
+    return ready_segmenter(seg_cfg, device)
 
 
 def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str | Path | None = None,
@@ -56,7 +50,8 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
     from twostream.data.transforms import build_transforms
     from twostream.engine.distributed import resolve_device
     from twostream.graph.builder import SceneGraphBuilder
-    from twostream.graph.cache import build_graph_cache, default_cache_dir, segmenter_identity
+    from twostream.graph.cache import build_graph_cache, default_cache_dir
+    from twostream.models.segmenter import segmenter_identity
 
     if source not in ("gt", "pred"):
         raise ValueError(f"graph source '{source}' cannot be cached; use gt or pred (online graphs are built in "

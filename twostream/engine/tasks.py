@@ -17,23 +17,11 @@ from twostream.config import Config
 from twostream.data.classes import ClassTable, ade20k150
 from twostream.engine.data import Loaders, WithGraphs, make_loaders
 from twostream.engine.distributed import DistInfo
+from twostream.engine.evaluators.base import to_device as _to_device
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ClassificationTask", "SegmentationTask", "build_task"]
-
-
-def _move(value, device: torch.device):
-    """Tensors (and PyG batches) to ``device``, inside lists and dicts too (per-image instance targets)."""
-    if isinstance(value, list | tuple):
-        return type(value)(_move(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _move(v, device) for k, v in value.items()}
-    return value.to(device, non_blocking=True) if hasattr(value, "to") and not isinstance(value, str) else value
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {key: _move(value, device) for key, value in batch.items()}
 
 
 class _Task:
@@ -60,7 +48,7 @@ class _Task:
         (run_dir / "class_table.json").write_text(json.dumps(self.class_table.to_dict()))
 
     def finish(self, run_dir: Path, metrics: dict) -> None:
-        from twostream.engine.evaluation import write_metrics_json
+        from twostream.engine.evaluators import write_metrics_json
 
         write_metrics_json(metrics, run_dir / "final_metrics.json")
 
@@ -100,19 +88,21 @@ class ClassificationTask(_Task):
         one. The trainer has already checked that the config's architecture keys agree with the checkpoint."""
         from twostream.config import segmenter_needed
         from twostream.engine.checkpoint import load_segmenter
+        from twostream.models.segmenter import segmenter_class
         from twostream.models.two_stream import build_model
 
         cfg = self.cfg
         seg = cfg.model.segmenter
         trained = None
-        if segmenter_needed(cfg) and seg.kind == "upsnet":
+        if segmenter_needed(cfg) and seg.kind != "none" and segmenter_class(seg.kind).weights_from_checkpoint:
             if seg.checkpoint:
                 trained = load_segmenter(seg.checkpoint)
                 self.class_table = trained.class_table
-                log.info("segmenter: %s UPSNet from %s", seg.backbone, seg.checkpoint)
+                log.info("segmenter: %s %s from %s", seg.kind, seg.backbone, seg.checkpoint)
             elif not seg.trainable:
-                log.warning("model.segmenter.checkpoint is empty: the classifier's frozen UPSNet keeps random weights, "
-                            "so its graphs at inference mean nothing; train one with configs/seg/*.yaml and name it")
+                log.warning("model.segmenter.checkpoint is empty: the classifier's frozen segmenter keeps random "
+                            "weights, so its graphs at inference mean nothing; train one with configs/seg/*.yaml and "
+                            "name it")
         model = build_model(cfg, num_scenes=len(self.vocabulary), class_table=self.class_table, segmenter=trained)
         if getattr(model, "segmenter", None) is not None:
             self.class_table = model.segmenter.class_table
@@ -124,17 +114,10 @@ class ClassificationTask(_Task):
         return loss, int(batch["scene"].shape[0])
 
     def evaluate(self, model: nn.Module, loader, device: torch.device, amp_dtype) -> dict:
-        from twostream.engine.evaluation import SceneMetrics
+        from twostream.engine.evaluators import SceneEvaluator, inference_on_dataset, run_classifier
 
-        metrics = SceneMetrics(self.vocabulary.names, topk=self.cfg.eval.topk, device=device)
-        for batch in loader:
-            if batch is None:
-                continue
-            batch = self.to_device(batch, device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(batch["image"], batch.get("graph"))["logits"]
-            metrics.update(logits.float(), batch["scene"])
-        return metrics.compute()
+        scenes = SceneEvaluator(self.vocabulary.names, topk=self.cfg.eval.topk, device=device)
+        return inference_on_dataset(model, loader, scenes, forward=run_classifier, device=device, amp_dtype=amp_dtype)
 
     def summary(self, m: dict) -> str:
         k = self.cfg.eval.topk
@@ -152,7 +135,7 @@ class ClassificationTask(_Task):
     def finish(self, run_dir: Path, metrics: dict) -> None:
         super().finish(run_dir, metrics)
         if metrics:
-            from twostream.engine.evaluation import format_per_class_table
+            from twostream.engine.evaluators import format_per_class_table
 
             log.info("per-class accuracy on %s:\n%s", self.cfg.data.val_split, format_per_class_table(metrics))
 
@@ -186,7 +169,7 @@ class SegmentationTask(_Task):
         return sum(losses.values()), int(batch["image"].shape[0])
 
     def evaluate(self, model: nn.Module, loader, device: torch.device, amp_dtype) -> dict:
-        from twostream.engine.seg_eval import evaluate_segmenter
+        from twostream.engine.evaluators import evaluate_segmenter
 
         metrics = evaluate_segmenter(model, loader, self.class_table, device=device, amp_dtype=amp_dtype)
         # PQ's scalars at the top level, where metrics.jsonl and TensorBoard take numbers from

@@ -14,7 +14,8 @@ edge. Precision = TP / predicted, recall = TP / ground truth, F1 their harmonic 
 predicted and nothing to find, all three are 1, and with only one side empty the undefined ratio is 0.
 
 :class:`GraphMetrics` accumulates over a dataset: **micro** scores pool the counts of all images, **macro** scores
-average the per-image scores. Its state is a handful of sums, so ranks reduce it exactly (:meth:`all_reduce`).
+average the per-image scores. Its state is a handful of sums (``GraphMetrics.state``), so ranks reduce it exactly:
+:class:`~twostream.engine.evaluators.scene_graphs.SceneGraphEvaluator` sums it over them.
 """
 
 from __future__ import annotations
@@ -167,15 +168,6 @@ class GraphMetrics:
         counts = [getattr(match, k) for k in _COUNTS]
         scores = match.scores()
         self.state += torch.tensor([*counts, *(scores[k] for k in _SCORES), 1.0], dtype=torch.float64)
-
-    def all_reduce(self) -> None:
-        """Sum the state over the ranks of the default process group (no-op without one)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            state = self.state.to("cuda" if dist.get_backend() == "nccl" else "cpu")
-            dist.all_reduce(state)
-            self.state = state.cpu()
 
     def compute(self) -> dict:
         counts = dict(zip(_COUNTS, self.state[: len(_COUNTS)].tolist()))

@@ -22,6 +22,7 @@ Semantic map: where the panoptic output has a segment, that segment's class (log
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 from twostream.config import SegmenterConfig
 from twostream.data.classes import ClassTable, ade20k150
 from twostream.models.label_alignment import ALIGN_MIN_FRACTION, LOW_LOGIT, LabelAlignment, align_labels
-from twostream.models.segmenter import Segmenter
+from twostream.models.segmenter_base import Segmenter, content_hash
 
 __all__ = ["D2_INSTALL", "D2Labels", "Detectron2Segmenter", "build_detectron2_segmenter", "d2_labels_from_metadata",
            "detectron2_segmenter_from_config"]
@@ -124,6 +125,10 @@ class Detectron2Segmenter(Segmenter):
     ``id``, ``category_id`` (label in ``self.class_table``), ``isthing``, ``area`` (pixels), ``score`` (things).
     Targets are ignored: the detectron2 segmenter is not trained here.
     """
+
+    kind = "detectron2"
+    spec_form = "detectron2:CONFIG[@WEIGHTS]"
+    resizes_input = True  # INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, as detectron2's DefaultPredictor
 
     def __init__(self, model: nn.Module, *, labels: D2Labels, input_format: str = "BGR", min_size: int = 800,
                  max_size: int = 1333, name: str = "") -> None:
@@ -222,6 +227,26 @@ class Detectron2Segmenter(Segmenter):
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, classes={len(self.class_table)} ({self.class_table.name}), "
                 f"input={self.input_format}, min_size={self.min_size}, max_size={self.max_size}")
+
+    # ---- construction and identity (the Segmenter contract) --------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: SegmenterConfig, class_table: ClassTable) -> Detectron2Segmenter:
+        return build_detectron2_segmenter(cfg, class_table)
+
+    @classmethod
+    def config_from_spec(cls, rest: str, base: SegmenterConfig) -> SegmenterConfig:
+        """``detectron2:CONFIG[@WEIGHTS]``: a model-zoo name or .yaml file; weights path or URL (``none`` = random)."""
+        config, _, weights = rest.partition("@")  # zoo names and config paths carry no '@'; URLs may after it
+        return dataclasses.replace(base, kind=cls.kind, d2_config=config.strip(), d2_weights=weights.strip())
+
+    @classmethod
+    def cache_identity(cls, cfg: SegmenterConfig) -> str:
+        """``d2:<config>@<weights>`` (a weights file by its content hash) plus the config overrides."""
+        weights = Path(cfg.d2_weights)
+        ident = content_hash(weights) if cfg.d2_weights and weights.is_file() else cfg.d2_weights
+        opts = "".join(f" {v}" for v in cfg.d2_opts)
+        return f"d2:{cfg.d2_config}@{ident}{opts}"
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ unsupervised, which equals the checkpoint's own cross-entropy on its channels.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -44,7 +45,7 @@ from torch import Tensor, nn
 from twostream.config import SegmenterConfig
 from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150
 from twostream.models.label_alignment import ALIGN_MIN_FRACTION, LOW_LOGIT, LabelAlignment, align_labels
-from twostream.models.segmenter import Segmenter
+from twostream.models.segmenter_base import Segmenter, content_hash, json_hash
 
 __all__ = [
     "MASK_CLASSIFICATION_TYPES",
@@ -221,6 +222,10 @@ class HFSegmenter(Segmenter):
     ``targets = {"sem_seg": (B, H, W) int64 in self.class_table, 255 = ignore}`` is given and ``trainable``.
     """
 
+    kind = "hf"
+    spec_form = "hf:NAME"
+    resizes_input = True  # the checkpoint's own processor resizes
+
     def __init__(self, model: nn.Module, *, preprocess: ImagePreprocessor, alignment: LabelAlignment,
                  output: Literal["semantic", "mask"] = "semantic", feature_module: str | None = None,
                  trainable: bool = False, name: str = "") -> None:
@@ -231,12 +236,20 @@ class HFSegmenter(Segmenter):
         self.class_table: ClassTable = alignment.table
         self.output, self.trainable, self.name = output, trainable, name
         self._features: list[Tensor] = []
+        self._feature_dim: int | None = None
         if feature_module is not None:
             module = model.get_submodule(feature_module)
             module.register_forward_pre_hook(self._capture_features)
+            # the per-pixel classifier is a 1x1 convolution: its input width is the features' width
+            self._feature_dim = int(module.in_channels) if isinstance(module, nn.Conv2d) else None
         self.model.requires_grad_(trainable)
         if not trainable:
             self.model.eval()
+
+    @property
+    def feature_dim(self) -> int | None:
+        """Channels of ``"features"`` where the architecture's classifier input is known (SegFormer, UperNet)."""
+        return self._feature_dim
 
     def _capture_features(self, _module: nn.Module, args: tuple) -> None:
         self._features.append(args[0])  # the classifier's input: fused decoder features (B, C_f, h, w)
@@ -280,6 +293,26 @@ class HFSegmenter(Segmenter):
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, output={self.output}, classes={len(self.class_table)} "
                 f"({self.class_table.name}), trainable={self.trainable}")
+
+    # ---- construction and identity (the Segmenter contract) --------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: SegmenterConfig, class_table: ClassTable) -> HFSegmenter:
+        return build_hf_segmenter(cfg, class_table)
+
+    @classmethod
+    def config_from_spec(cls, rest: str, base: SegmenterConfig) -> SegmenterConfig:
+        """``hf:NAME``: a hub name or a folder saved with ``save_pretrained``."""
+        return dataclasses.replace(base, kind=cls.kind, hf_model=rest)
+
+    @classmethod
+    def cache_identity(cls, cfg: SegmenterConfig) -> str:
+        """``hf:<hub name>``; for a local folder, a hash of its weight and config files' contents (not its path)."""
+        folder = Path(cfg.hf_model)
+        if folder.is_dir():
+            files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+            return "hf:" + json_hash([(p.name, content_hash(p, "model file")) for p in files])
+        return f"hf:{cfg.hf_model}"
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from twostream.config import Config
+from twostream.config import Config, segmenter_needed
 from twostream.data.classes import ClassTable
 from twostream.models.fusion import build_fusion
 from twostream.models.gnn import GraphEncoder, build_graph_encoder
 from twostream.models.image_encoder import FeatureMapEncoder, ImageEncoder, build_image_encoder
-from twostream.models.segmenter import Segmenter, build_segmenter
+from twostream.models.segmenter import build_segmenter, require_capability
+from twostream.models.segmenter_base import Segmenter, lacks_capability
 
 if TYPE_CHECKING:
     from twostream.graph.builder import SceneGraphBuilder
@@ -104,18 +105,19 @@ class TwoStreamClassifier(nn.Module):
                  pool_features: bool = False, head_dropout: float = 0.1) -> None:
         super().__init__()
         if image_encoder is None and graph_encoder is None:
-            raise ValueError("TwoStreamClassifier: both streams are off; give an image_encoder or a graph_encoder")
+            raise ValueError("TwoStreamClassifier: image_encoder and graph_encoder are both None; give one or both")
         if (image_encoder is not None and graph_encoder is not None) != (fusion is not None):
-            raise ValueError("TwoStreamClassifier: a fusion module is needed exactly when both streams are on "
-                             "(model.fusion.type none is for single-stream models)")
-        if shared_backbone and (segmenter is None or not hasattr(segmenter, "forward_from_features")):
-            raise ValueError("TwoStreamClassifier: shared_backbone needs a segmenter with forward_features and "
-                             "forward_from_features (model.segmenter.kind=upsnet)")
+            raise ValueError("TwoStreamClassifier: give a fusion module exactly when both image_encoder and "
+                             "graph_encoder are given")
+        if shared_backbone and (segmenter is None or not segmenter.shares_backbone):
+            raise ValueError(lacks_capability(segmenter, "shares_backbone", "TwoStreamClassifier(shared_backbone=True)")
+                             if segmenter is not None else
+                             "TwoStreamClassifier: shared_backbone=True needs a segmenter")
         if shared_backbone and image_encoder is not None and not isinstance(image_encoder, FeatureMapEncoder):
             raise ValueError("TwoStreamClassifier: with shared_backbone the image stream is a FeatureMapEncoder over "
-                             "the segmenter's C5, not a separate timm model")
+                             "the segmenter's backbone map, not a separate timm model")
         if (online_graphs or pool_features) and graph_encoder is not None and (segmenter is None or builder is None):
-            raise ValueError("TwoStreamClassifier: online graphs need a segmenter and a builder")
+            raise ValueError("TwoStreamClassifier: online_graphs / pool_features need a segmenter and a builder")
         self.num_scenes = num_scenes
         self.segmenter = segmenter
         self.builder = builder  # not a module: no parameters, no state
@@ -258,23 +260,11 @@ def build_model(cfg: Config, num_scenes: int, class_table: ClassTable,
     (online graphs in training, and graphs at inference, where no cache exists) or ``model.shared_backbone``.
     """
     m = cfg.model
-    if not (m.image_encoder.enabled or m.gnn.enabled):
-        raise ValueError("build_model: model.image_encoder.enabled and model.gnn.enabled are both false; enable one")
+    # Cross-key rules live in the config's validation (twostream.config); here only what the segmenter declares.
+    if m.shared_backbone:
+        require_capability(m.segmenter.kind, "shares_backbone", "model.shared_backbone")
     both = m.image_encoder.enabled and m.gnn.enabled
-    if both == (m.fusion.type == "none"):
-        raise ValueError(f"build_model: model.fusion.type '{m.fusion.type}' does not fit the streams that are on; "
-                         "use a fusion method with both streams and none with one")
-    if m.shared_backbone and m.segmenter.kind != "upsnet":
-        raise ValueError(f"build_model: model.shared_backbone needs model.segmenter.kind=upsnet, got "
-                         f"'{m.segmenter.kind}'")
-
-    need_segmenter = m.shared_backbone or (m.gnn.enabled and m.segmenter.kind != "none")
-    if m.segmenter.trainable and need_segmenter and not (cfg.graph.pool_features or m.shared_backbone):
-        # Graphs come from an argmax, which has no gradient: the segmenter could not learn, and its parameters would
-        # never get gradients (DistributedDataParallel stops on those).
-        raise ValueError("build_model: model.segmenter.trainable needs a differentiable path to the segmenter: set "
-                         "graph.pool_features=true or model.shared_backbone=true, or keep the segmenter frozen")
-    if not need_segmenter:
+    if not segmenter_needed(cfg):
         segmenter = None
     elif segmenter is None:
         segmenter = build_segmenter(m.segmenter, class_table)
@@ -290,16 +280,16 @@ def build_model(cfg: Config, num_scenes: int, class_table: ClassTable,
     if m.gnn.enabled:
         feature_dim = 0
         if cfg.graph.pool_features:
-            feature_dim = int(getattr(segmenter, "num_features", 0) or 0)
-            if feature_dim <= 0:
-                raise ValueError(f"build_model: graph.pool_features needs a segmenter that reports the width of its "
-                                 f"'features' (num_features); {type(segmenter).__name__} does not")
+            if segmenter is None or segmenter.feature_dim is None:
+                raise ValueError(lacks_capability(segmenter, "feature_dim", "graph.pool_features")
+                                 if segmenter is not None else "graph.pool_features needs a segmenter")
+            feature_dim = int(segmenter.feature_dim)
         graph_encoder = build_graph_encoder(m.gnn, len(table), feature_dim=feature_dim)
 
     image_encoder = None
     if m.image_encoder.enabled:
         if m.shared_backbone:
-            image_encoder = FeatureMapEncoder(int(segmenter.backbone.out_channels[-1]))
+            image_encoder = FeatureMapEncoder(segmenter.backbone_dim)
         else:
             image_encoder = build_image_encoder(m.image_encoder, img_size=tuple(cfg.data.image_size))
 

@@ -13,12 +13,15 @@ The semantic path alone is what the scene graph needs (ADEChallengeData2016 has 
 panoptic heads are switched on by passing them (``SegmenterConfig.instance_head`` / ``panoptic_head``) and are
 trained with per-image instance targets.
 
-The backbone can be shared with the image stream: ``forward_features`` runs the backbone alone and
-``forward_from_features`` the rest, so a two-stream model computes the pyramid once.
+The backbone can be shared with the image stream (the ``shares_backbone`` capability of the
+:class:`~twostream.models.segmenter_base.Segmenter` contract): ``forward_features`` runs the backbone alone and
+``forward_from_features`` the rest, so a two-stream model computes the pyramid once. Its trained weights are a
+segmentation-stage checkpoint of this project (``weights_from_checkpoint``), which is also its cache identity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 import torch
@@ -31,7 +34,7 @@ from twostream.config import SegmenterConfig
 from twostream.data.classes import IGNORE_INDEX, ClassTable
 from twostream.models.backbones import Backbone, build_backbone
 from twostream.models.panoptic import PanopticHead, stuff_and_thing_ids
-from twostream.models.segmenter import Segmenter
+from twostream.models.segmenter_base import Segmenter, content_hash
 from twostream.models.upsnet_heads import InstanceHead, SemanticHead
 
 __all__ = ["UPSNet", "build_upsnet", "semantic_loss"]
@@ -100,6 +103,11 @@ class UPSNet(Segmenter):
         ``loss_panoptic`` with the panoptic head). Each loss is already weighted; the total is their sum.
     """
 
+    kind = "upsnet"
+    spec_form = "upsnet:CHECKPOINT"
+    shares_backbone = True
+    weights_from_checkpoint = True
+
     def __init__(self, *, backbone: Backbone, class_table: ClassTable, fpn_channels: int = 256,
                  head_channels: int = 128, head_layers: int = 3, deformable: bool = True,
                  instance_head: InstanceHead | None = None, panoptic_head: PanopticHead | None = None,
@@ -132,9 +140,14 @@ class UPSNet(Segmenter):
         self.register_buffer("det_to_label", torch.tensor([-1, *thing_ids], dtype=torch.long), persistent=False)
 
     @property
-    def num_features(self) -> int:
+    def feature_dim(self) -> int:
         """Channels of ``"features"`` (the fused semantic-head map)."""
         return self.semantic_head.out_channels
+
+    @property
+    def backbone_dim(self) -> int:
+        """Channels of C5, the map the image stream reads with a shared backbone."""
+        return int(self.backbone.out_channels[-1])
 
     # ---- the two halves --------------------------------------------------------------------------------------------
 
@@ -192,6 +205,26 @@ class UPSNet(Segmenter):
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, H, W)`` int64 labels; the semantic path only (no detection)."""
         pyramid = self._pyramid(self.forward_features(images))
         return self._semantic(pyramid, images.shape[-2:])[0].argmax(dim=1)
+
+    # ---- construction and identity (the Segmenter contract) --------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: SegmenterConfig, class_table: ClassTable) -> UPSNet:
+        return build_upsnet(cfg, class_table)
+
+    @classmethod
+    def config_from_spec(cls, rest: str, base: SegmenterConfig) -> SegmenterConfig:
+        """``upsnet:CHECKPOINT``: a segmentation-stage (or classifier) checkpoint of this project."""
+        return dataclasses.replace(base, kind=cls.kind, checkpoint=rest)
+
+    @classmethod
+    def cache_identity(cls, cfg: SegmenterConfig) -> str:
+        """The content hash of the trained checkpoint (``cfg.checkpoint``): retrained weights at the same path get
+        another identity."""
+        if not cfg.checkpoint:
+            raise ValueError("graph cache: graphs from predictions need the segmenter checkpoint "
+                             "(model.segmenter.checkpoint=... or --checkpoint), or set graph.cache_dir")
+        return content_hash(cfg.checkpoint)
 
     # ---- instance and panoptic heads -------------------------------------------------------------------------------
 
@@ -280,8 +313,6 @@ class UPSNet(Segmenter):
 def build_upsnet(cfg: SegmenterConfig, class_table: ClassTable) -> UPSNet:
     """Map a :class:`SegmenterConfig` to :class:`UPSNet` (loads backbone weights when asked; not ``cfg.checkpoint``,
     which the engine loads)."""
-    if cfg.panoptic_head and not cfg.instance_head:
-        raise ValueError("model.segmenter.panoptic_head needs model.segmenter.instance_head=true")
     backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path,
                               drop_path_rate=cfg.drop_path_rate)
     stuff_ids, thing_ids = stuff_and_thing_ids(class_table)

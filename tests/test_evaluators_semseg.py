@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from twostream.data.classes import IGNORE_INDEX, ade20k150
-from twostream.engine.seg_eval import evaluate_segmenter
+from twostream.engine.evaluators import evaluate_segmenter
 from twostream.models.label_alignment import own_class_table
-from twostream.models.segmenter import Segmenter
+from twostream.models.segmenter_base import Segmenter
 
 
 class _Scripted(Segmenter):

@@ -1,8 +1,4 @@
-"""Scene-classification metrics (torchmetrics) and their report: JSON, a per-class table, a confusion-matrix image.
-
-States are sums (a confusion matrix and top-k hit counts), so they reduce across ranks exactly and need no padded
-sampler: each rank evaluates its own shard once.
-"""
+"""Reports of evaluation results: ``metrics.json``, the per-class and per-subset tables, a confusion-matrix image."""
 
 from __future__ import annotations
 
@@ -11,52 +7,10 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SceneMetrics", "format_per_class_table", "save_confusion_png", "write_metrics_json"]
-
-
-class SceneMetrics:
-    """Top-1, top-k, mean per-class accuracy, per-class accuracy and the confusion matrix of scene predictions.
-
-    Args:
-        names: scene names in class order.
-        topk: the k of top-k accuracy (clipped to the number of classes).
-    """
-
-    def __init__(self, names: list[str], topk: int = 5, device: torch.device | str = "cpu") -> None:
-        self.names = list(names)
-        n = len(self.names)
-        self.k = max(1, min(topk, n))
-        self.confusion = MulticlassConfusionMatrix(num_classes=n).to(device)
-        self.topk = MulticlassAccuracy(num_classes=n, top_k=self.k, average="micro").to(device) if n > 1 else None
-
-    def update(self, logits: Tensor, target: Tensor) -> None:
-        """``logits (B, S)``, ``target (B,)`` int64."""
-        self.confusion.update(logits.argmax(dim=1), target)
-        if self.topk is not None:
-            self.topk.update(logits, target)
-
-    def compute(self) -> dict:
-        """Synchronised over ranks by torchmetrics. Accuracies are fractions in [0, 1]."""
-        cm = self.confusion.compute().long().cpu()  # (S, S) rows = truth, columns = prediction
-        total = int(cm.sum())
-        support = cm.sum(dim=1)
-        correct = cm.diag()
-        per_class = torch.where(support > 0, correct.double() / support.clamp(min=1).double(), torch.nan)
-        present = support > 0
-        return {
-            "num_images": total,
-            "top1": float(correct.sum()) / total if total else float("nan"),
-            f"top{self.k}": float(self.topk.compute()) if self.topk is not None else 1.0,
-            "mean_class_accuracy": float(per_class[present].mean()) if present.any() else float("nan"),
-            "per_class": {name: {"accuracy": None if torch.isnan(acc) else float(acc), "support": int(s)}
-                          for name, acc, s in zip(self.names, per_class, support)},
-            "confusion_matrix": cm.tolist(),
-        }
+__all__ = ["format_per_class_table", "format_subset_table", "save_confusion_png", "write_metrics_json"]
 
 
 def format_per_class_table(metrics: dict) -> str:
@@ -66,6 +20,19 @@ def format_per_class_table(metrics: dict) -> str:
     for name, row in rows:
         acc = "n/a" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
         lines.append(f"| {name} | {row['support']} | {acc} |")
+    return "\n".join(lines)
+
+
+def format_subset_table(subsets: dict) -> str:
+    """``metrics["subsets"]`` as a markdown table: subset | images | top-1 | top-k | mean class accuracy."""
+    def pct(value) -> str:
+        return "n/a" if value is None or value != value else f"{100 * value:.1f}%"
+
+    k = next((key for m in subsets.values() for key in m if key.startswith("top") and key != "top1"), "top1")
+    lines = [f"| subset | images | top-1 | top-{k[3:]} | mean class accuracy |", "|---|---:|---:|---:|---:|"]
+    for name, m in subsets.items():
+        lines.append(f"| {name} | {m['num_images']} | {pct(m['top1'])} | {pct(m.get(k))} | "
+                     f"{pct(m['mean_class_accuracy'])} |")
     return "\n".join(lines)
 
 

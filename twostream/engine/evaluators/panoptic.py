@@ -20,7 +20,8 @@ The project's formats become ``(category, segment)`` pixel pairs first:
 - prediction, from ``(panoptic_map, segments_info)`` (:class:`~twostream.models.panoptic.PanopticHead`): a pixel of
   segment ``s`` is ``(category_id, s)``; segment id ``0`` (unknown, background) is void.
 
-Under DDP the counts are summed over processes before the division.
+The state is per-class sums (matched IoU, TP, FP, FN) and an image count, summed over ranks once before the
+division.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ import torch
 from torch import Tensor
 
 from twostream.data.classes import ClassTable
+from twostream.engine.evaluators.base import Evaluator, sum_over_ranks
+from twostream.engine.evaluators.semseg import metric_names
 from twostream.models.panoptic import instance_owner, stuff_and_thing_ids
 
-__all__ = ["PanopticMetrics", "panoptic_prediction", "panoptic_stats", "panoptic_target"]
+__all__ = ["PanopticEvaluator", "panoptic_prediction", "panoptic_stats", "panoptic_target"]
 
 VOID = -1  # the category of void pixels
 
@@ -111,8 +114,11 @@ def panoptic_stats(pred: Tensor, target: Tensor, num_classes: int) -> tuple[Tens
             count(gcat[~g_matched]))
 
 
-class PanopticMetrics:
-    """Accumulates PQ over images: ``update(panoptic, sem_seg, instances)``, then ``compute()``.
+class PanopticEvaluator(Evaluator):
+    """PQ of ``outputs["panoptic"]`` against ``inputs["sem_seg"]`` and ``inputs["instances"]``.
+
+    Batches without both (a segmenter without a panoptic head, data without instance annotations) are passed over;
+    ``evaluate()`` then reports ``num_images: 0``.
 
     Args:
         class_table: the label set of the annotations and of the predictions; its ``stuff`` flags split the classes,
@@ -122,36 +128,42 @@ class PanopticMetrics:
 
     def __init__(self, class_table: ClassTable, device: torch.device | str = "cpu") -> None:
         self.class_table = class_table
+        self.device = torch.device(device)
         stuff, self.things = stuff_and_thing_ids(class_table)
         self.stuffs = [i for i in stuff if i != class_table.background]  # the background is void, not a class
+        self.reset()
+
+    def reset(self) -> None:
         # rows: iou_sum, tp, fp, fn per class; the last column counts the images
-        self.counts = torch.zeros(4, len(class_table) + 1, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(4, len(self.class_table) + 1, dtype=torch.float64, device=self.device)
 
     def update(self, panoptic: list[tuple[Tensor, list[dict]]], sem_seg: Tensor, instances: list[dict | None]) -> None:
         """``panoptic``: per image ``(panoptic_map (H, W), segments_info)``; ``sem_seg`` ``(B, H, W)``;
         ``instances``: per image the annotation dict of :func:`panoptic_target` (or ``None``)."""
         if not len(panoptic) == len(sem_seg) == len(instances):
-            raise ValueError(f"PanopticMetrics.update: {len(panoptic)} predictions, {len(sem_seg)} semantic maps and "
-                             f"{len(instances)} instance annotations; expected one of each per image")
+            raise ValueError(f"PanopticEvaluator.update: {len(panoptic)} predictions, {len(sem_seg)} semantic maps "
+                             f"and {len(instances)} instance annotations; expected one of each per image")
         device, k = self.counts.device, len(self.class_table)
         for (panoptic_map, segments), sem, inst in zip(panoptic, sem_seg, instances):
             pred = panoptic_prediction(panoptic_map.to(device), segments)
             target = panoptic_target(sem.to(device), inst, self.class_table)
             if pred.shape != target.shape:
-                raise ValueError(f"PanopticMetrics.update: a panoptic map of {tuple(pred.shape[:2])} pixels for an "
+                raise ValueError(f"PanopticEvaluator.update: a panoptic map of {tuple(pred.shape[:2])} pixels for an "
                                  f"annotation of {tuple(target.shape[:2])}")
             if self.class_table.background is not None:  # a segment labelled background is void, as in the target
                 pred[..., 0] = torch.where(pred[..., 0] == self.class_table.background, VOID, pred[..., 0])
             self.counts[:, :k] += torch.stack(panoptic_stats(pred, target, k))
         self.counts[0, k] += len(panoptic)
 
-    def compute(self) -> dict:
-        """``{"pq", "sq", "rq", "pq_things", "pq_stuff", "per_class_pq", "num_images"}``; each average is over the
-        classes with TP + FP + FN > 0 (NaN when there are none); ``per_class_pq``: ``{name: PQ or None}``."""
-        from twostream.engine.distributed import all_reduce_sum
-        from twostream.engine.seg_eval import metric_names
+    def process(self, inputs: dict, outputs: dict) -> None:
+        if "panoptic" in outputs and "instances" in inputs:
+            self.update(outputs["panoptic"], inputs["sem_seg"], inputs["instances"])
 
-        counts = all_reduce_sum(self.counts).cpu()
+    def metrics(self, counts: Tensor) -> dict:
+        """``{"pq", "sq", "rq", "pq_things", "pq_stuff", "per_class_pq", "num_images"}`` of (reduced) counts; each
+        average is over the classes with TP + FP + FN > 0 (NaN when there are none); ``per_class_pq``:
+        ``{name: PQ or None}``."""
+        counts = counts.cpu()
         k = len(self.class_table)
         iou, tp, fp, fn = counts[:, :k]
         denominator = tp + 0.5 * fp + 0.5 * fn
@@ -172,3 +184,6 @@ class PanopticMetrics:
             "per_class_pq": {names[c]: (float(pq[c]) if occurs[c] else None) for c in every},
             "num_images": int(counts[0, k]),
         }
+
+    def evaluate(self) -> dict:
+        return self.metrics(sum_over_ranks(self.counts))

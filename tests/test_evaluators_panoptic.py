@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from twostream.data.classes import IGNORE_INDEX, ClassTable
-from twostream.engine.pq_eval import VOID, PanopticMetrics, panoptic_prediction, panoptic_target
+from twostream.engine.evaluators.panoptic import VOID, PanopticEvaluator, panoptic_prediction, panoptic_target
 
 OTHER, WALL, PERSON, CAR = range(4)
 TABLE = ClassTable(name="toy", names=("other", "wall", "person", "car"), palette=np.zeros((4, 3), np.uint8),
@@ -65,9 +65,9 @@ def test_prediction_pairs():
 
 def test_pq_on_the_hand_case():
     sem, instances, pan, segments = hand_case()
-    metrics = PanopticMetrics(TABLE)
+    metrics = PanopticEvaluator(TABLE)
     metrics.update([(pan, segments)], sem[None], [instances])
-    m = metrics.compute()
+    m = metrics.evaluate()
     # wall: 30 annotated pixels, all inside the 32-pixel prediction; its 2 other pixels lie on void, which leaves the
     #   union -> IoU 30 / 30 = 1, TP.
     # person: 12 of A's 16 pixels, nothing else -> IoU 0.75 > 0.5, TP.
@@ -95,9 +95,9 @@ def test_pq_perfect_prediction_and_void_heavy_false_positive():
     segments = [{"id": 1, "category_id": WALL, "isthing": False}, {"id": 2, "category_id": PERSON, "isthing": True},
                 {"id": 3, "category_id": CAR, "isthing": True}, {"id": 4, "category_id": CAR, "isthing": True}]
     assert target.shape == (8, 8, 2)
-    metrics = PanopticMetrics(TABLE)
+    metrics = PanopticEvaluator(TABLE)
     metrics.update([(pan, segments)] * 2, torch.stack([sem, sem]), [instances, instances])
-    m = metrics.compute()
+    m = metrics.evaluate()
     assert m["pq"] == pytest.approx(1.0) and m["rq"] == pytest.approx(1.0) and m["num_images"] == 2
 
 
@@ -109,18 +109,18 @@ def test_a_segment_left_unknown_is_a_false_negative():
     pan[:4] = 1
     pan[4:, :3] = 2  # person: 12 of 16 pixels; its column 3 and the whole car are unknown (0)
     segments = [{"id": 1, "category_id": WALL, "isthing": False}, {"id": 2, "category_id": PERSON, "isthing": True}]
-    metrics = PanopticMetrics(TABLE)
+    metrics = PanopticEvaluator(TABLE)
     metrics.update([(pan, segments)], sem[None], [instances])
-    m = metrics.compute()
+    m = metrics.evaluate()
     assert m["per_class_pq"] == pytest.approx({"wall": 1.0, "person": 0.75, "car": 0.0})
 
 
 def test_absent_classes_are_not_averaged_and_errors():
     sem = torch.full((4, 4), WALL)
     pan = torch.ones(4, 4, dtype=torch.int32)
-    metrics = PanopticMetrics(TABLE)
+    metrics = PanopticEvaluator(TABLE)
     metrics.update([(pan, [{"id": 1, "category_id": WALL, "isthing": False}])], sem[None], [None])
-    m = metrics.compute()
+    m = metrics.evaluate()
     assert m["pq"] == 1.0 and m["per_class_pq"] == {"wall": 1.0, "person": None, "car": None}
     assert math.isnan(m["pq_things"])
     with pytest.raises(ValueError, match="one of each per image"):

@@ -1,0 +1,63 @@
+"""Segmenters ready to predict, from a ``model.segmenter`` config or a ``--segmenter`` spec.
+
+What differs between kinds is what their class declares (:class:`~twostream.models.segmenter_base.Segmenter`):
+a kind whose weights come from a twostream checkpoint (``weights_from_checkpoint``, UPSNet) is loaded from it with
+its run's own config; any other kind is built by its class (its builder loads the published weights it names), frozen.
+No kind name appears here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from twostream.config import Config, DataConfig, GraphConfig, SegmenterConfig, config_from_dict
+from twostream.data.classes import ade20k150
+from twostream.engine.checkpoint import load_segmenter, load_trained, resolve_checkpoint
+from twostream.models.segmenter import SEGMENTERS, parse_segmenter_spec, segmenter_class
+from twostream.models.segmenter_base import Segmenter
+
+__all__ = ["ready_segmenter", "segmenter_from_spec"]
+
+
+def ready_segmenter(cfg: SegmenterConfig, device: str | torch.device = "cpu") -> Segmenter:
+    """The segmenter ``cfg`` names, in eval mode on ``device``: from its trained checkpoint (``cfg.checkpoint``) when
+    its class declares ``weights_from_checkpoint``, else built by its class, frozen (``trainable=False``).
+
+    Raises:
+        ValueError: ``kind: none``, an unknown kind, or a checkpoint-trained kind without ``cfg.checkpoint``.
+    """
+    if cfg.kind == "none":
+        raise ValueError("model.segmenter.kind is 'none': there is no segmenter to run")
+    cls = segmenter_class(cfg.kind)
+    if cls.weights_from_checkpoint:
+        if not cfg.checkpoint:
+            raise ValueError(f"segmenter kind '{cfg.kind}' runs from a trained checkpoint: set "
+                             f"model.segmenter.checkpoint (or --segmenter {cls.spec_form})")
+        return load_segmenter(resolve_checkpoint(cfg.checkpoint), device)
+    return cls.from_config(dataclasses.replace(cfg, trainable=False), ade20k150()).to(device).eval()
+
+
+def segmenter_from_spec(spec: str, graph: GraphConfig | None = None) -> tuple[Segmenter, Config, bool]:
+    """A ``--segmenter`` spec -> ``(segmenter, config for a predictor, native_size)``.
+
+    A checkpoint-trained kind brings its run's data settings (input size, ``keep_ratio``) and, unless ``graph`` is
+    given, its graph settings; other kinds get the default data settings, ``graph`` (or the defaults), and
+    ``native_size`` when their class resizes images itself (``resizes_input``).
+    """
+    seg_cfg = parse_segmenter_spec(spec)
+    if seg_cfg.kind == "none":
+        forms = ", ".join(c.spec_form for c in SEGMENTERS.values())
+        raise ValueError(f"--segmenter none gives no graphs; give {forms}")
+    cls = segmenter_class(seg_cfg.kind)
+    if cls.weights_from_checkpoint:
+        source = resolve_checkpoint(seg_cfg.checkpoint)
+        segmenter = ready_segmenter(dataclasses.replace(seg_cfg, checkpoint=str(source)))
+        run = config_from_dict(load_trained(source, mmap=True)["config"], source=f"{source} (config)")
+        cfg = dataclasses.replace(Config(), data=run.data, graph=graph or run.graph)
+        return segmenter, cfg, False
+    segmenter = ready_segmenter(seg_cfg)
+    cfg = dataclasses.replace(Config(), data=DataConfig(), graph=graph or GraphConfig())
+    return segmenter, cfg, cls.resizes_input
+
