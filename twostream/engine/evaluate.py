@@ -8,6 +8,9 @@ One pass over the split scores everything the checkpoint can be scored on:
 - a **segmenter** (segmentation-stage checkpoint): mIoU / pixel accuracy and the scene-graph quality.
 
 Results are written to ``<out>/metrics.json`` (and ``confusion_matrix.png``, ``per_class.md`` for a classifier).
+With ``explain``, a classifier's every image is also explained (:class:`twostream.explain.ExplanationEvaluator`):
+``<out>/explanations.jsonl`` and ``metrics["explanation"]`` (hit rate on relation-only images, randomisation test,
+deletion fidelity).
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ def _graph_scores(builder, graphs, targets, metrics) -> None:
 
 def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, split: str | None = None,
                         graphs: str = "auto", out_dir: str | Path | None = None, device: str = "auto",
-                        batch_size: int | None = None) -> dict:
+                        batch_size: int | None = None, explain: bool = False,
+                        explain_method: str = "integrated_gradients") -> dict:
     """Score ``checkpoint`` (a file or a run folder) on ``split`` and write the results to ``out_dir``.
 
     Args:
@@ -75,6 +79,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
         graphs: classifier only: ``online`` (from its segmenter, as at inference), ``gt`` (from the annotations:
             the oracle upper bound), ``auto`` (online when the model has a segmenter, else gt).
         out_dir: where ``metrics.json`` and friends go; default ``<run folder>/eval-<split>``.
+        explain: classifier only: explain every image (``explanations.jsonl``, ``metrics["explanation"]``) with
+            ``explain_method`` (docs/explanations.md).
     """
     from twostream.inference import resolve_checkpoint
 
@@ -89,9 +95,13 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
     class_table = ClassTable.from_dict(ckpt["class_table"])
     dev = resolve_device(device)
     if ckpt.get("stage") == "segmentation":
+        if explain:
+            raise ValueError(f"{path}: --explain explains a scene classifier; this is a segmentation checkpoint")
         metrics = _evaluate_segmenter(path, cfg, model_cfg, split, class_table, dev, batch_size)
     elif ckpt.get("stage") == "classifier":
-        metrics = _evaluate_classifier(ckpt, path, cfg, model_cfg, split, class_table, graphs, dev, batch_size, out)
+        explain_with = explain_method if explain else None
+        metrics = _evaluate_classifier(ckpt, path, cfg, model_cfg, split, class_table, graphs, dev, batch_size, out,
+                                       explain_with)
     else:
         raise CheckpointError(f"{path}: unknown stage {ckpt.get('stage')!r}")
     metrics.update(checkpoint=str(path), split=split, step=int(ckpt.get("step", 0)))
@@ -142,7 +152,7 @@ def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, 
 
 def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config, split: str,
                          class_table: ClassTable, graphs: str, device: torch.device, batch_size: int | None,
-                         out: Path) -> dict:
+                         out: Path, explain_method: str | None = None) -> dict:
     from twostream.data.vocabulary import SceneVocabulary
     from twostream.engine.evaluation import (
         SceneMetrics,
@@ -180,6 +190,13 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     scored = graphs == "online" and _scores_segmentation(class_table)
     seg = SegMetrics(class_table, device=device) if scored else None
     graph_quality = GraphMetrics() if scored else None
+    explanations = None
+    if explain_method is not None:  # the explanation evaluator (twostream.explain), in the evaluator protocol
+        from twostream.explain.evaluation import build_explanation_evaluator
+
+        explanations = build_explanation_evaluator(model, vocabulary.names, data_root=cfg.data.root,
+                                                   class_table=class_table, stream_means=ckpt.get("stream_means"),
+                                                   out_dir=out, method=explain_method)
     with torch.no_grad():
         for batch in _loader(dataset, cfg, batch_size):
             if batch is None:
@@ -191,7 +208,14 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
                 pred = result["sem_logits"].argmax(dim=1)
                 seg.update(pred, batch["sem_seg"])
                 _graph_scores(builder, pred.cpu(), batch["sem_seg"], graph_quality)
+            if explanations is not None:
+                explanations.process(batch, result)
     metrics = {"stage": "classifier", "graphs": graphs, **scenes.compute()}
+    if explanations is not None:
+        from twostream.explain.evaluation import format_explanation_metrics
+
+        metrics["explanation"] = explanations.evaluate()
+        log.info("%s", format_explanation_metrics(metrics["explanation"]))
     if seg is not None:
         metrics["segmentation"] = seg.compute()
         metrics["graph_quality"] = graph_quality.compute()

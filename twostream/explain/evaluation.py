@@ -38,8 +38,8 @@ from twostream.explain.explanation import SceneExplanation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DELETION_KS", "ExplanationEvaluator", "format_explanation_metrics", "randomized_copy",
-           "relation_only_names"]
+__all__ = ["DELETION_KS", "ExplanationEvaluator", "build_explanation_evaluator", "format_explanation_metrics",
+           "randomized_copy", "relation_only_names"]
 
 DELETION_KS = (1, 2, 3)
 RANDOM_DRAWS = 8
@@ -74,6 +74,17 @@ def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
         for module in (clone.head_norm, clone.head):
             module.reset_parameters()
     return clone.eval()
+
+
+def build_explanation_evaluator(model: nn.Module, scenes: Sequence[str], *, data_root: str | Path, class_table,
+                                stream_means: dict | None, out_dir: str | Path | None,
+                                method: str = "integrated_gradients", seed: int = 0) -> ExplanationEvaluator:
+    """The evaluator ``tools/eval.py --explain`` uses: relation-only images from ``<data_root>/synthetic.json`` (when
+    the dataset is synthetic), ``explanations.jsonl`` in ``out_dir``."""
+    relation, relation_scenes = relation_only_names(data_root)
+    return ExplanationEvaluator(model, scenes, class_table=class_table, stream_means=stream_means, method=method,
+                                relation_only=relation, relation_scenes=relation_scenes, seed=seed,
+                                out_path=Path(out_dir) / "explanations.jsonl" if out_dir is not None else None)
 
 
 def _gather(items: list) -> list:

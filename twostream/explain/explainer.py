@@ -139,9 +139,9 @@ class SceneExplainer:
         parts = []
         if m.graph_encoder is not None and "graph" in self.parts:
             steps = f", {self.steps} steps, zero baseline" if has_steps else ""
-            parts.append(f"nodes, edges: captum {name}{steps} via torch_geometric.explain (node inputs after the "
-                         "class embedding, summed over features; PyG edge masks, both directions summed), "
-                         "attribution to the scene logit")
+            parts.append(f"nodes, edges: captum {name}{steps} via torch_geometric.explain, attribution to the "
+                         "scene logit (nodes: node inputs after the class embedding, summed over features, edges "
+                         "present; edges: PyG edge masks, both directions summed, node inputs present)")
         if m.graph_encoder is not None and "occlusion" in self.parts:
             parts.append("occlusion: exact single deletions, drop in the scene probability")
         if m.image_encoder is not None and "cam" in self.parts and cam_layer:
