@@ -214,7 +214,7 @@ class ExplanationEvaluator:
             true_scene = self.scenes[int(truth[i])]
             self._records.append({"name": name, "scene_true": true_scene, "scene_pred": e.scene,
                                   "explanation": e.to_json()})
-            score: dict = {"name": name, "correct": e.scene == true_scene}
+            score: dict = {"name": name, "correct": e.scene == true_scene, "scene": true_scene}
             if e.node_scores is not None and e.num_nodes:
                 data = last["batch"].get_example(i)
                 emb = last["embeddings"]
@@ -257,7 +257,7 @@ class ExplanationEvaluator:
                     f.write(json.dumps(record) + "\n")
         metrics: dict = {"method": self.explainer._method_text("the image encoder's last stage"),
                          "num_images": len(scores)}
-        rel = [s["relation"] for s in scores if "relation" in s]
+        rel = [{**s["relation"], "scene": s["scene"]} for s in scores if "relation" in s]
         if rel:
             correct = [r for r in rel if "hit" in r]
 
@@ -269,6 +269,8 @@ class ExplanationEvaluator:
                 "hit_rate": rate("hit"), "hit_rate_occlusion": rate("hit_occlusion"),
                 "random_weights_hit_rate": rate("random_hit"),
                 "random_weights_hit_rate_occlusion": rate("random_hit_occlusion"),
+                "hit_rate_by_scene": {scene: _mean(float(r["hit"]) for r in correct if r["scene"] == scene)
+                                      for scene in sorted({r["scene"] for r in correct})},
                 "chance": _mean(1.0 / r["edges"] if r["edges"] else 0.0 for r in correct) if correct else None,
                 "deciding_edges": {s: f"{o}-{DECIDING_PARTNER}" for s, o in self.relation_scenes.items()},
             }

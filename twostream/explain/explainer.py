@@ -305,7 +305,7 @@ class SceneExplainer:
         src, dst = batch.edge_index
         mine = (src >= lo) & (src < hi) & (src < dst)
         e.edges = (batch.edge_index[:, mine].t() - lo).cpu().numpy().astype(np.int64).reshape(-1, 2)
-        if attribution is None:
+        if attribution is None or hi == lo:
             return
         if attribution.node_scores is not None:
             e.node_scores = attribution.node_scores[lo:hi].cpu().numpy().astype(np.float32)
