@@ -39,12 +39,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="attribution method (default: integrated_gradients)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--table-out", default=None, help="also write the markdown table to this file")
+    p.add_argument("--panel", nargs=2, default=None, metavar=("VARIANT", "PNG"),
+                   help="also draw the explanation of one relation-only validation image by that variant's run")
+    p.add_argument("--panel-scene", default="dining_room", help="the scene of that image (default: dining_room)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"], help="default: INFO")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    from twostream.explain.check import format_check_table, parse_variant, run_check
+    from twostream.explain.check import explain_example, format_check_table, parse_variant, run_check
 
     variants = dict(parse_variant(v) for v in (args.variant or ["graph_only="]))
     rows = run_check(args.config, variants, args.out, common=args.opts, method=args.explain_method,
@@ -53,6 +56,9 @@ def main(args: argparse.Namespace) -> int:
     print(table)
     if args.table_out:
         Path(args.table_out).write_text(table + "\n")
+    if args.panel:
+        variant, png = args.panel
+        print(f"wrote {explain_example(Path(args.out) / variant, png, scene=args.panel_scene)}")
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["format_check_table", "parse_variant", "run_check"]
+__all__ = ["explain_example", "format_check_table", "parse_variant", "run_check"]
 
 
 def parse_variant(spec: str) -> tuple[str, list[str]]:
@@ -76,3 +76,59 @@ def format_check_table(rows: Sequence[dict]) -> str:
             _pct(rel.get("random_weights_hit_rate")), _pct(rel.get("random_weights_hit_rate_occlusion")),
             _pct(rel.get("chance")), deletion, fid]) + " |")
     return "\n".join(lines)
+
+
+def explain_example(run: str | Path, out_path: str | Path, *, scene: str | None = None, stem: str | None = None,
+                    split: str | None = None, width: int = 1200, colors: int | None = 256) -> Path:
+    """A panel (:func:`twostream.viz.save_panel`) explaining one validation image of a run's dataset with the
+    graph of its annotation: the first relation-only image of ``scene`` (or the image ``stem``). For the docs."""
+    from torchvision import tv_tensors
+
+    from twostream.config import config_from_dict
+    from twostream.data.classes import ClassTable
+    from twostream.data.io import load_image, load_label
+    from twostream.data.transforms import build_transforms
+    from twostream.engine.checkpoint import load_checkpoint, load_model_state
+    from twostream.explain.cam import resize_cam
+    from twostream.explain.evaluation import relation_only_names
+    from twostream.explain.explainer import SceneExplainer
+    from twostream.graph.builder import SceneGraphBuilder
+    from twostream.inference import _inference_config, resolve_checkpoint
+    from twostream.models.two_stream import build_model
+    from twostream.viz import GraphView, save_panel
+
+    path = resolve_checkpoint(run)
+    ckpt = load_checkpoint(path)
+    cfg = _inference_config(config_from_dict(ckpt["config"], source=str(path)))
+    table = ClassTable.from_dict(ckpt["class_table"])
+    scenes = list(ckpt["vocabulary"])
+    model = build_model(cfg, num_scenes=len(scenes), class_table=table)
+    load_model_state(model, ckpt["model"], path)
+    model.eval()
+    root, split = Path(cfg.data.root), split or cfg.data.val_split
+    if stem is None:
+        relation, _ = relation_only_names(root)
+        labels = dict(line.split() for line in (root / "sceneCategories.txt").read_text().splitlines() if line)
+        stems = sorted(s for s in relation if (root / "images" / split / f"{s}.jpg").is_file()
+                       and (scene is None or labels.get(s) == scene))
+        if not stems:
+            raise ValueError(f"{root}: no relation-only {split} image{' of ' + scene if scene else ''} to explain")
+        stem = stems[0]
+    image = load_image(root / "images" / split / f"{stem}.jpg")
+    label = load_label(root / "annotations" / split / f"{stem}.png")
+    import torch
+
+    x, mask = build_transforms(cfg.data, train=False)(
+        tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label)))
+    graph = SceneGraphBuilder.from_config(cfg.graph, table)(mask.as_subclass(torch.Tensor))
+    explainer = SceneExplainer(model, scenes, class_table=table, stream_means=ckpt.get("stream_means"))
+    [e] = explainer.explain(x.as_subclass(torch.Tensor)[None], [graph] if model.graph_encoder is not None else None)
+    if e.cam is not None:
+        e.cam = resize_cam(e.cam, (0, 0, *e.cam.shape), image.shape[:2])
+    with torch.no_grad():
+        probs = model(x.as_subclass(torch.Tensor)[None], [graph] if model.graph_encoder is not None else None)[
+            "logits"].softmax(dim=1)[0]
+    top = [(scenes[i], float(probs[i])) for i in probs.argsort(descending=True).tolist()]
+    view = GraphView("annotation graph", graph, label.astype("int64") if label.shape == image.shape[:2] else None,
+                     scene_topk=top, explanation=e)
+    return save_panel(out_path, image, view, title=f"{stem}: why {e.scene}?", width=width, colors=colors)

@@ -264,7 +264,7 @@ def _draw_streams(ax, streams: dict, style: _Style) -> None:
     items = [(name, float(v)) for name, v in streams.items() if v is not None]
     if not items:
         return
-    inset = ax.inset_axes((0.03, 0.03, 0.5, 0.1 + 0.08 * len(items)))
+    inset = ax.inset_axes((0.03, 0.03, 0.5, 0.06 + 0.07 * (len(items) + 1)))
     inset.set_facecolor((1, 1, 1, 0.85))
     values = np.array([v for _, v in items])
     span = max(float(np.abs(values).max()), 0.05)
@@ -275,10 +275,11 @@ def _draw_streams(ax, streams: dict, style: _Style) -> None:
         inset.text(-2.3 * span, k, f"{name} {v:+.2f}", ha="left", va="center", fontsize=style.font_pt * 0.75,
                    color="#222222")
     inset.set_xlim(-2.35 * span, 1.1 * span)
-    inset.set_ylim(len(items) - 0.4, -0.6)
+    inset.text(-2.3 * span, -1, "streams: Δp when averaged", ha="left", va="center", fontsize=style.font_pt * 0.7,
+               color="#555555")  # a title row inside the box, readable on any image
+    inset.set_ylim(len(items) - 0.4, -1.6)
     inset.set_xticks([])
     inset.set_yticks([])
-    inset.set_title("streams: Δp when averaged", fontsize=style.font_pt * 0.7, pad=2, color="#222222")
     for spine in inset.spines.values():
         spine.set_color("#c8c8c8")
 
@@ -343,9 +344,11 @@ def draw_panel(image: np.ndarray, views: GraphView | Sequence[GraphView], *, tit
         cells[0].imshow(first, interpolation="antialiased")
         cells[0].set_axis_off()
         if e is not None:
-            cells[0].text(0.02, 0.98, f"CAM: {e.scene}" if e.cam is not None else "no CAM (graph-only model)",
-                          transform=cells[0].transAxes, ha="left", va="top", fontsize=style.font_pt * 0.9,
-                          color="white", path_effects=[patheffects.withStroke(linewidth=2, foreground="#111111")])
+            label = f"CAM: {e.scene}" if e.cam is not None else (
+                "no CAM (graph-only model)" if e.streams.get("image") is None else "")
+            cells[0].text(0.02, 0.98, label, transform=cells[0].transAxes, ha="left", va="top",
+                          fontsize=style.font_pt * 0.9, color="white",
+                          path_effects=[patheffects.withStroke(linewidth=2, foreground="#111111")])
             _draw_streams(cells[0], e.streams, style)
         _draw_overlay_cell(cells[1], renderer, img, v, style, alpha)
         _draw_graph_cell(cells[2], renderer, v, style, cell_w, seed)
