@@ -120,17 +120,19 @@ class SceneExplanation:
 
     def because(self, max_objects: int = 3, max_pairs: int = 2) -> str:
         """One line for a person: the top objects and adjacencies with their share of the positive evidence, and
-        the streams. Shares are each score over the sum of all positive node and edge scores."""
+        the streams. An object's share is its score over the sum of the positive node scores, a contact's over the
+        sum of the positive edge scores (nodes and edges are attributed along separate paths, so their scores are
+        not on one scale)."""
         parts = []
-        scores = [s for s in (self.node_scores, self.edge_scores) if s is not None]
-        total = float(sum(np.clip(s, 0, None).sum() for s in scores)) if scores else 0.0
-        if self.node_scores is not None and self.num_nodes and total > 0:
+        if self.node_scores is not None and self.num_nodes:
+            total = float(np.clip(self.node_scores, 0, None).sum())
             top = [int(i) for i in self.node_order()[:max_objects] if self.node_scores[i] > 0]
-            if top:
+            if top and total > 0:
                 parts.append(", ".join(f"{self.node_label(i)} {self.node_scores[i] / total:.0%}" for i in top))
-        if self.edge_scores is not None and len(self.edges) and total > 0:
+        if self.edge_scores is not None and len(self.edges):
+            total = float(np.clip(self.edge_scores, 0, None).sum())
             top = [int(k) for k in self.edge_order()[:max_pairs] if self.edge_scores[k] > 0]
-            if top:
+            if top and total > 0:
                 pairs = ", ".join(f"{self.node_names[self.edges[k, 0]]}–{self.node_names[self.edges[k, 1]]} "
                                   f"{self.edge_scores[k] / total:.0%}" for k in top)
                 parts.append(f"touching {pairs}")

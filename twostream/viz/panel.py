@@ -249,12 +249,13 @@ def _row_caption(view: GraphView) -> str:
         text += "   |   scene: " + "  ·  ".join(f"{name} {p:.0%}" for name, p in view.scene_topk[:5])
     e = view.explanation
     if e is not None:
-        items = []
-        if e.node_scores is not None:
-            items += [(float(e.node_scores[i]), e.node_label(i)) for i in range(e.num_nodes)]
-        if e.edge_scores is not None:
-            items += [(float(s), f"{e.node_names[a]}–{e.node_names[b]}") for s, (a, b) in zip(e.edge_scores, e.edges)]
-        top = [name for score, name in sorted(items, key=lambda t: -t[0])[:3] if score > 0]
+        top = []  # the two strongest objects and the strongest contact (their scores are not on one scale)
+        if e.node_scores is not None and e.num_nodes:
+            top += [e.node_label(int(i)) for i in e.node_order()[:2] if e.node_scores[i] > 0]
+        if e.edge_scores is not None and len(e.edges):
+            k = int(e.edge_order()[0])
+            if e.edge_scores[k] > 0:
+                top.append(f"{e.node_names[e.edges[k, 0]]}–{e.node_names[e.edges[k, 1]]}")
         text += f"   |   why {e.scene}: " + (", ".join(top) if top else "see the CAM")
     return text
 
