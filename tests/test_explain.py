@@ -381,3 +381,14 @@ def test_randomisation_test_separates_trained_from_random_weights():
     assert m["num_correct"] >= 0.9 * m["num_images"]
     assert m["hit_rate"] >= 0.9 and min(m["hit_rate_by_scene"].values()) >= 0.9
     assert m["random_weights_hit_rate"] <= m["chance"] + 0.15 and m["hit_rate"] - m["random_weights_hit_rate"] > 0.6
+
+
+def test_shared_backbone_with_online_graphs_is_explained(inputs):
+    """The model builds its own graphs (with segmenter confidence) and the CAM sits on the shared C5 map."""
+    images, _ = inputs
+    model = _model("model.segmenter.kind=upsnet", "model.segmenter.backbone=resnet10t",
+                   "model.segmenter.fpn_channels=16", "model.segmenter.head_channels=8",
+                   "model.segmenter.deformable=false", "model.shared_backbone=true", "graph.source=online")
+    [e] = SceneExplainer(model, SCENES, steps=4).explain(images[:1])
+    assert "shared backbone" in e.method and e.cam.shape == (64, 64) and e.cam.max() > e.cam.min()
+    assert e.node_confidence is not None and e.node_scores.shape == (e.num_nodes,)

@@ -48,7 +48,14 @@ class ImageStreamModule(nn.Module):
         elif enc.layout == "NLC":
             ph, pw = enc.model.patch_embed.patch_size
             self.grid = (h // ph, w // pw)
-        pooled, tokens = encode_image(self.model, images)
+        if self.model.shared_backbone:
+            # the frozen backbone runs without gradients; its C5 map becomes the leaf the CAM's gradients flow to
+            with self.model._segmenter_context():
+                c5 = self.model.segmenter.forward_features(images)[-1]  # (B, C, h, w)
+            tokens = enc.forward_features(c5.detach().requires_grad_())  # (B, h*w, C)
+            pooled = enc.forward_head(tokens)
+        else:
+            pooled, tokens = encode_image(self.model, images)
         emb = StreamEmbeddings(image_pooled=pooled, image_tokens=tokens, graph_pooled=self.graph.graph_pooled,
                                node_emb=self.graph.node_emb, node_batch=self.graph.node_batch)
         return classify(self.model, emb)
