@@ -139,6 +139,9 @@ def _run_tool(script: Path, *args, capsys) -> tuple[int, str, str]:
 
     argv, root = sys.argv, logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    # the tool quiets twostream.models (and others) for its run: put every level back for the tests after this one
+    levels = {name: logging.getLogger(name).level for name in list(logging.Logger.manager.loggerDict)
+              if name.startswith("twostream")}
     sys.argv = [str(script), *map(str, args)]
     try:
         runpy.run_path(str(script), run_name="__main__")
@@ -148,6 +151,9 @@ def _run_tool(script: Path, *args, capsys) -> tuple[int, str, str]:
     finally:
         sys.argv = argv
         root.handlers[:], root.level = handlers, level
+        for name in list(logging.Logger.manager.loggerDict):
+            if name.startswith("twostream"):
+                logging.getLogger(name).setLevel(levels.get(name, logging.NOTSET))
     out, err = capsys.readouterr()
     return rc, out, err
 
