@@ -4,6 +4,7 @@ keep_ratio with online graphs, and one-line errors for bad checkpoints. Tiny unt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image
 from twostream.data.io import load_image
 from twostream.data.transforms import build_transforms
 from twostream.engine.checkpoint import CheckpointError, atomic_torch_save, export_safetensors, load_checkpoint
-from twostream.graph.builder import SceneGraphBuilder
+from twostream.graph.builder import SceneGraphBuilder, pixel_confidence
 from twostream.graph.scene_graph import SceneGraph
 from twostream.inference import Prediction, Predictor
 from twostream.viz.sources import resize_labels
@@ -51,8 +52,10 @@ def _by_hand(predictor: Predictor, image: np.ndarray):
     x = x.as_subclass(torch.Tensor)[None]  # (1, 3, SIZE, SIZE)
     model = predictor.model
     with torch.no_grad():
-        labels = model.segmenter(x)["sem_logits"].argmax(dim=1)  # (1, SIZE, SIZE)
-        graphs = SceneGraphBuilder.from_config(predictor.cfg.graph, model.segmenter.class_table).build_batch(labels)
+        sem_logits = model.segmenter(x)["sem_logits"]
+        labels = sem_logits.argmax(dim=1)  # (1, SIZE, SIZE)
+        graphs = SceneGraphBuilder.from_config(predictor.cfg.graph, model.segmenter.class_table).build_batch(
+            labels, confidence=pixel_confidence(sem_logits))  # nodes carry the segmenter's mean confidence
         probs = model(x, graphs)["logits"].softmax(dim=1)[0]
     return labels[0].numpy(), graphs[0], probs
 
@@ -71,7 +74,9 @@ def test_photos_at_native_size(predictor, images, predictions):
         assert pred.graph.image_size == (SIZE, SIZE)
 
         labels, graph, hand = _by_hand(predictor, image)
-        assert pred.graph.equal(graph), name
+        # the confidence comes from logits of a batch of 4 here and of 1 by hand: equal up to float rounding
+        torch.testing.assert_close(pred.graph.confidence, graph.confidence, rtol=0, atol=1e-5)
+        assert pred.graph.equal(dataclasses.replace(graph, confidence=pred.graph.confidence)), name
         # the map at the image's size: centre-aligned nearest neighbour of the model's map (viz's own resize)
         np.testing.assert_array_equal(pred.sem_map, resize_labels(labels, image.shape[:2]))
         top = hand.topk(3)
@@ -211,7 +216,8 @@ def test_keep_ratio_with_online_graphs(images, tmp_path):
     probs = out["logits"].softmax(dim=1)[0]
     assert pred.scenes[0] == (SCENES[int(probs.argmax())], pytest.approx(float(probs.max()), abs=1e-5))
     labels = out["sem_logits"].argmax(dim=1)[0, 10:53]  # ResizePad centres the 43 content rows: 10 above
-    assert pred.graph.equal(SceneGraphBuilder.from_config(predictor.cfg.graph)(labels))
+    confidence = pixel_confidence(out["sem_logits"])[0, 10:53]
+    assert pred.graph.equal(SceneGraphBuilder.from_config(predictor.cfg.graph)(labels, confidence=confidence))
 
 
 # ---- devices, precision, errors ----------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ the fusion, data transforms): compare with --threads 1 before reading much into 
 GPUs (it runs on a CPU, where it was checked for function only).
 
 Models: swin_gat, vit_gcn, resnet_sage, image_only_swin and shared_swin_gat (plus the image streams of vit_gcn and
-resnet_sage alone, for their ratios), built from configs/ with pretrained=false (no downloads).
+resnet_sage alone, for their ratios), built from configs/ with pretrained=false (no downloads). The explain section
+times one image explained by the quick-start model (nodes, edges, occlusion, CAM, streams) against its plain forward.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help="inference rows to run (default: all: image_only_swin swin_gat shared_swin_gat "
                         "vit_gcn:image_only vit_gcn resnet_sage:image_only resnet_sage)")
-    p.add_argument("--only", nargs="+", choices=["inference", "train", "loader", "builder"], default=None,
+    p.add_argument("--only", nargs="+", choices=["inference", "train", "loader", "builder", "explain"], default=None,
                    help="run only these sections (default: all)")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every inference model, e.g. model.segmenter.deformable=false "
@@ -86,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
     options.models = tuple(MODELS_BY_NAME[m] for m in args.models) if args.models else DEFAULT_MODELS
     if args.config_dir:
         options.config_dir = Path(args.config_dir)
-    sections = args.only or ("inference", "train", "loader", "builder")
+    sections = args.only or ("inference", "train", "loader", "builder", "explain")
     report = format_report(run_benchmark(options, sections=sections))
     print(report)
     if args.out:

@@ -5,12 +5,14 @@
     python tools/eval.py --config configs/swin_gat.yaml --checkpoint runs/swin_gat/best.pth --graphs gt
     python tools/eval.py --checkpoint runs/quickstart_seg/best.pth          # a segmenter: mIoU + graph quality
     python tools/eval.py --checkpoint runs/quickstart --subset hard=hard_images.txt   # + a named subset
+    python tools/eval.py --checkpoint runs/why --graphs gt --explain        # + explanations.jsonl, hit rates
 
 A classifier gets top-1, top-k, mean per-class accuracy, a per-class table and a confusion-matrix image, and (when its
 graphs come from its own segmenter) the segmenter's mIoU / pixel accuracy and the scene-graph quality against the
 annotations' graphs. A classifier is also scored on named subsets of the split: every list of the dataset's
 synthetic.json (e.g. relation_only) and every --subset NAME=FILE (one image stem per line), under "subsets".
-Everything goes to <out>/metrics.json (default <run folder>/eval-<split>/).
+Everything goes to <out>/metrics.json (default <run folder>/eval-<split>/). --explain explains
+every image (<out>/explanations.jsonl) and scores the explanations (metrics.json "explanation"; docs/explanations.md).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: <run folder>/eval-<split>)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
+    p.add_argument("--explain", action="store_true",
+                   help="classifier: explain every image and score the explanations (default: off)")
+    p.add_argument("--explain-method", default="integrated_gradients",
+                   choices=["integrated_gradients", "saliency", "input_x_gradient"],
+                   help="attribution method for nodes and edges (default: integrated_gradients)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"], help="default: INFO")
     return p
 
@@ -64,7 +71,8 @@ def main(args: argparse.Namespace) -> int:
                 cfg = load_config(save_config(own, f"{tmp}/config.yaml"), args.opts)
     subsets = [parse_subset_arg(text) for text in args.subset]
     evaluate_checkpoint(args.checkpoint, cfg=cfg, split=args.split, graphs=args.graphs, out_dir=args.out,
-                        device=args.device, batch_size=args.batch_size, subsets=subsets)
+                        device=args.device, batch_size=args.batch_size, subsets=subsets, explain=args.explain,
+                        explain_method=args.explain_method)
     return 0
 
 

@@ -5,10 +5,12 @@
     python tools/infer.py photos/ 'more/**/*.png' --checkpoint runs/swin_gat --out predictions/
     python tools/infer.py photo.jpg --segmenter hf:nvidia/segformer-b0-finetuned-ade-512-512   # graphs only
     python tools/infer.py photos/ --json > predictions.json           # one JSON document on stdout
+    python tools/infer.py photo.jpg --explain --out why/              # why: objects, contacts, CAM, streams
 
 Inputs are image files, folders (their images) and glob patterns. --out DIR receives per image <stem>.json (scenes +
 scene graph, what tools/visualize.py --prediction reads), <stem>_sem.png (palette PNG of the semantic map),
-<stem>_overlay.png, <stem>_panel.png and <stem>.html. A bad input is reported on one line and skipped; the exit status
+<stem>_overlay.png, <stem>_panel.png and <stem>.html; with --explain also <stem>_cam.png, and the JSON, panel, viewer
+and printed summary say why (docs/explanations.md). A bad input is reported on one line and skipped; the exit status
 is then 1. A missing or unusable checkpoint stops at once with exit status 2.
 """
 
@@ -44,6 +46,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print one JSON document (a list of per-input results, errors included) and nothing else "
                         "on stdout (default: text)")
+    p.add_argument("--explain", action="store_true",
+                   help="explain each prediction: node and edge importance, occlusion, image CAM, stream "
+                        "contributions (default: off)")
+    p.add_argument("--explain-scene", default=None, metavar="SCENE",
+                   help="explain this scene of the vocabulary instead of the predicted one (implies --explain)")
+    p.add_argument("--explain-method", default="integrated_gradients",
+                   choices=["integrated_gradients", "saliency", "input_x_gradient"],
+                   help="attribution method for nodes and edges (default: integrated_gradients)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision; fp16 needs a GPU (default: fp32)")
@@ -67,7 +77,8 @@ def main(args: argparse.Namespace) -> int:
             predictor = Predictor.from_segmenter(args.segmenter, device=args.device, precision=args.precision)
         else:
             predictor = Predictor.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, segmenter=args.segmenter,
-                                                  device=args.device, precision=args.precision)
+                                                  device=args.device, precision=args.precision,
+                                                  explain_method=args.explain_method)
     except (ValueError, ImportError) as e:  # a bad spec, device, precision or checkpoint/segmenter combination
         raise CheckpointError(str(e).strip().splitlines()[0]) from None
     log.info("%s", predictor)
@@ -79,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
             print(format_prediction(record["input"], pred), flush=True)
 
     records = run_inference(predictor, args.inputs, topk=args.topk, batch_size=args.batch_size, out_dir=args.out,
-                            on_record=report)
+                            on_record=report, explain=args.explain, explain_scene=args.explain_scene)
     if args.json:
         json.dump(records, sys.stdout, indent=1)
         print()

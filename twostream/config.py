@@ -247,6 +247,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch end)
     keep_last: int = 3  # step/epoch checkpoints kept besides best and last
     log_every: int = 20  # steps between TensorBoard scalars
+    # classifier stage: at the end, each stream's mean embedding over this many training images is stored in best.pth
+    # and last.pth ("stream_means"), the baseline of explanations' stream contributions; 0 = none (zero baseline)
+    stream_means_images: int = 2048
 
 
 @dataclass
@@ -441,6 +444,9 @@ def _check_consistency(cfg: Config, source: str) -> None:
                        ("model.fusion.dim", m.fusion.dim)):
         if value < 1:
             raise ConfigError(f"{source}: {key}: must be at least 1, got {value}")
+    if cfg.train.stream_means_images < 0:
+        raise ConfigError(f"{source}: train.stream_means_images: must be at least 0, got "
+                          f"{cfg.train.stream_means_images}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"{source}: train.lr: must be positive, got {cfg.train.lr}")
     if any(s <= 0 for s in cfg.data.image_size):

@@ -9,9 +9,14 @@ line naming it; the others carry on. Per image, ``--out DIR`` receives::
     <stem>_overlay.png   class colours blended over the image
     <stem>_panel.png     image | overlay with the graph | the graph (twostream.viz.save_panel)
     <stem>.html          the interactive viewer (twostream.viz.write_html), self-contained
+    <stem>_cam.png       with explanations: the class-activation map blended over the image (twostream.viz.cam_overlay)
 
-An image-only model has no map and no graph: only ``<stem>.json`` is written. Two inputs with one stem (``a/x.jpg``,
-``b/x.png``) get ``x`` and ``x-2``.
+With explanations (``explain=True``, ``tools/infer.py --explain``) ``<stem>.json`` gains ``"explanation"``
+(:meth:`twostream.explain.SceneExplanation.to_json`), the panel and the viewer show node and edge importance, the CAM
+and the streams, and the printed summary gains a "because" line.
+
+An image-only model has no map and no graph: only ``<stem>.json`` (and, explained, ``<stem>_cam.png``) is
+written. Two inputs with one stem (``a/x.jpg``, ``b/x.png``) get ``x`` and ``x-2``.
 """
 
 from __future__ import annotations
@@ -124,9 +129,10 @@ def format_prediction(name: str, pred: Prediction, max_objects: int = 8, max_pai
     lines = [f"{name} ({w}x{h})"]
     if pred.scenes:
         lines.append("  scenes:   " + ", ".join(f"{s} {p:.1%}" for s, p in pred.scenes))
+    because = f"  because:  {pred.explanation.because()}" if pred.explanation is not None else None
     if pred.graph is None:
         lines.append("  graph:    none (image-only model)")
-        return "\n".join(lines)
+        return "\n".join(lines + ([because] if because else []))
     g = pred.graph
     objects = pred.top_objects(max_objects)
     more = f", +{g.num_nodes - len(objects)} more" if g.num_nodes > len(objects) else ""
@@ -137,6 +143,8 @@ def format_prediction(name: str, pred: Prediction, max_objects: int = 8, max_pai
     lines.append(f"  touching: {g.num_edges // 2} pairs" + (
         f"; strongest (shared boundary, px at {gw}x{gh}): " + ", ".join(f"{a}-{b} {int(n)}" for a, b, n in pairs)
         if pairs else ""))
+    if because:
+        lines.append(because)
     return "\n".join(lines)
 
 
@@ -165,22 +173,28 @@ def save_label_png(path: str | Path, sem_map: np.ndarray, class_table: ClassTabl
 def write_outputs(out_dir: str | Path, stem: str, image: np.ndarray, pred: Prediction, source: str | Path
                   ) -> dict[str, str]:
     """Write the files of one image (module docstring); returns ``{kind: path}``."""
-    from twostream.viz import GraphView, overlay, save_panel, write_html
+    from PIL import Image
+
+    from twostream.viz import GraphView, cam_overlay, overlay, save_panel, write_html
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     record = {"image": str(source), **pred.to_json()}
+    if pred.explanation is not None and pred.explanation.cam is not None:
+        cam = out / f"{stem}_cam.png"
+        Image.fromarray(cam_overlay(image, pred.explanation.cam)).save(cam, format="PNG")
+        record["cam"] = cam.name
+        files["cam"] = str(cam)
     if pred.graph is not None:
         sem = save_label_png(out / f"{stem}_sem.png", pred.sem_map, pred.class_table)
         record["sem_seg"] = sem.name
         files["sem_seg"] = str(sem)
-        from PIL import Image
-
         over = out / f"{stem}_overlay.png"
         Image.fromarray(overlay(image, pred.sem_map, pred.class_table)).save(over, format="PNG")
         files["overlay"] = str(over)
-        view = GraphView("prediction", pred.graph, pred.sem_map, scene_topk=pred.scenes or None)
+        view = GraphView("prediction", pred.graph, pred.sem_map, scene_topk=pred.scenes or None,
+                         explanation=pred.explanation)
         title = Path(source).name
         files["panel"] = str(save_panel(out / f"{stem}_panel.png", image, view, title=title))
         files["html"] = str(write_html(out / f"{stem}.html", image, view, title=title))
@@ -195,15 +209,25 @@ def write_outputs(out_dir: str | Path, stem: str, image: np.ndarray, pred: Predi
 
 
 def run_inference(predictor: Predictor, specs: Sequence[str], *, topk: int = 5, batch_size: int = 8,
-                  out_dir: str | Path | None = None, on_record: Callable[[dict, Prediction | None], None] | None = None
-                  ) -> list[dict]:
-    """Predict for every input of ``specs`` (files, folders, patterns), ``batch_size`` images at a time.
+                  out_dir: str | Path | None = None, on_record: Callable[[dict, Prediction | None], None] | None = None,
+                  explain: bool = False, explain_scene: str | None = None) -> list[dict]:
+    """Predict for every input of ``specs`` (files, folders, patterns), ``batch_size`` images at a time; with
+    ``explain``, explain each prediction (for ``explain_scene`` when given; a name outside the vocabulary is a
+    ``ValueError`` before any image is read).
 
     Returns one record per input, in the order given: ``{"input", "ok": true, "output_stem", "image_size",
     "scenes", "graph", "outputs"}`` (``outputs`` with ``out_dir``: kind -> path) or ``{"input", "ok": false,
     "error"}``, the error one line naming the input. ``on_record(record, prediction or None)`` is called as each
     record is complete: patterns that match nothing first, then files as their batch finishes.
     """
+    if explain or explain_scene is not None:  # a bad scene name or a segmenter-only predictor: fail once, up front
+        if predictor.model is None:
+            raise ValueError("--explain needs a scene classifier (--checkpoint); a segmenter alone has no scenes")
+        if explain_scene is not None:
+            from twostream.explain import resolve_scene
+
+            resolve_scene(explain_scene, predictor.scenes)
+        explain = True
     entries = expand_inputs(specs)
     records: list[dict | None] = [None] * len(entries)
 
@@ -232,7 +256,8 @@ def run_inference(predictor: Predictor, specs: Sequence[str], *, topk: int = 5, 
         if not batch:
             continue
         try:
-            preds = predictor.predict([im for *_, im in batch], topk=topk, batch_size=len(batch))
+            preds = predictor.predict([im for *_, im in batch], topk=topk, batch_size=len(batch), explain=explain,
+                                      explain_scene=explain_scene)
         except (RuntimeError, ValueError) as e:  # e.g. out of memory: these inputs fail, the others carry on
             log.debug("prediction failed", exc_info=True)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -25,6 +25,10 @@ Where the graph comes from follows training: a model trained with ``graph.source
 pass; one trained on cached ``pred`` (or ``gt``) graphs gets graphs the predictor builds from the segmenter's argmax
 with the run's builder settings, padding (``keep_ratio``) void as in the cache. An image-only model
 (``model.gnn.enabled: false``) predicts scenes only: ``sem_map`` and ``graph`` are ``None``.
+
+``predict(..., explain=True)`` also says why (:mod:`twostream.explain`): each prediction gets an ``explanation``
+(node and edge importance, exact occlusion, a CAM at the photo's size, the streams' contributions) for the predicted
+scene or ``explain_scene``. Graph nodes from the segmenter carry its mean confidence under them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,6 +56,9 @@ from twostream.engine.checkpoint import (
 from twostream.engine.distributed import DEVICES, resolve_device
 from twostream.engine.segmenters import segmenter_from_spec
 from twostream.graph.scene_graph import SceneGraph
+
+if TYPE_CHECKING:
+    from twostream.explain.explanation import SceneExplanation
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +147,8 @@ class Prediction:
             rebuilt on the image content alone.
         class_table: the label set of ``sem_map`` and ``graph`` (``None`` with them).
         image_size: ``(H, W)`` of the original image.
+        explanation: why the model scored its scene so (``predict(..., explain=True)``), with the CAM at
+            ``image_size``; ``None`` unless asked for.
     """
 
     scenes: list[tuple[str, float]]
@@ -146,30 +156,41 @@ class Prediction:
     graph: SceneGraph | None
     class_table: ClassTable | None
     image_size: tuple[int, int]
+    explanation: SceneExplanation | None = None
 
     def to_json(self) -> dict:
         """The prediction format ``tools/infer.py`` writes and :mod:`twostream.viz.sources` reads::
 
             {"image_size": [H, W],                                 # the original image
              "scenes": [{"scene": "kitchen", "prob": 0.81}, ...],  # top-k, best first ([] without a classifier)
-             "graph": {...}}                                       # SceneGraph.to_json(), or null (image-only)
+             "graph": {...},                                       # SceneGraph.to_json(), or null (image-only)
+             "explanation": {...}}                                 # SceneExplanation.to_json(), when explained
 
         ``tools/infer.py`` adds ``"image"`` (the input path) and ``"sem_seg"`` (the palette PNG of ``sem_map``,
         relative to the JSON file).
         """
-        return {
+        out = {
             "image_size": [int(s) for s in self.image_size],
             "scenes": [{"scene": name, "prob": float(p)} for name, p in self.scenes],
             "graph": self.graph.to_json() if self.graph is not None else None,
         }
+        if self.explanation is not None:
+            out["explanation"] = self.explanation.to_json()
+        return out
 
     @classmethod
     def from_json(cls, d: dict, sem_map: np.ndarray | None = None) -> Prediction:
         """Read :meth:`to_json` back (``sem_map`` is not in the JSON: pass it, or it stays ``None``)."""
         graph = SceneGraph.from_json(d["graph"]) if d.get("graph") else None
+        explanation = None
+        if d.get("explanation"):
+            from twostream.explain.explanation import SceneExplanation
+
+            names = [graph.class_table.short_name(int(c)) for c in graph.labels] if graph is not None else None
+            explanation = SceneExplanation.from_json(d["explanation"], node_names=names)
         return cls(scenes=[(s["scene"], float(s["prob"])) for s in d.get("scenes", [])], sem_map=sem_map,
                    graph=graph, class_table=graph.class_table if graph is not None else None,
-                   image_size=tuple(int(s) for s in d["image_size"]))
+                   image_size=tuple(int(s) for s in d["image_size"]), explanation=explanation)
 
     def top_objects(self, k: int | None = None) -> list[tuple[str, float]]:
         """``(class name, area fraction)`` of the graph's nodes, largest first (``k`` of them, or all)."""
@@ -207,11 +228,15 @@ class Predictor:
             ``cfg.data.image_size``; for segmenters that resize internally (hf, detectron2).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 needs a GPU).
+        stream_means: the checkpoint's training-set stream means (``"stream_means"``), for explanations' stream
+            contributions; ``None``: zero baseline (said in the explanation's method).
+        explain_method: attribution method of explanations (:data:`twostream.explain.graph_attribution.METHODS`).
     """
 
     def __init__(self, *, model: nn.Module | None = None, segmenter: nn.Module | None = None, cfg: Config,
                  scenes: Sequence[str] = (), class_table: ClassTable | None = None, native_size: bool = False,
-                 device: str | torch.device = "cpu", precision: str = "fp32") -> None:
+                 device: str | torch.device = "cpu", precision: str = "fp32", stream_means: dict | None = None,
+                 explain_method: str = "integrated_gradients") -> None:
         from twostream.data.transforms import build_transforms
         from twostream.graph.builder import SceneGraphBuilder
 
@@ -251,6 +276,8 @@ class Predictor:
         self.builder = SceneGraphBuilder.from_config(cfg.graph, table) if table is not None else None
         # The validation transform of training: resize (or fit and pad), to float, normalise if the run did.
         self._transform = None if native_size else build_transforms(cfg.data, train=False)
+        self.stream_means, self.explain_method = stream_means, explain_method
+        self._explainer = None  # built on the first predict(..., explain=True)
 
     def __repr__(self) -> str:
         parts = []
@@ -266,7 +293,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, segmenter: str | None = None, device: str | torch.device = "cpu",
-                        precision: str = "fp32") -> Predictor:
+                        precision: str = "fp32", explain_method: str = "integrated_gradients") -> Predictor:
         """From a run folder (``best.pth``, else ``last.pth``), a classifier checkpoint, or a model-only export (its
         folder or its ``model.safetensors``). ``segmenter``: a spec (:meth:`from_segmenter`) whose graphs replace
         the model's own.
@@ -288,13 +315,14 @@ class Predictor:
             raise CheckpointError(f"{source}: checkpoint records no scene vocabulary; it was not written by "
                                   "tools/train.py's classifier stage")
         class_table = ClassTable.from_dict(ckpt["class_table"])
+        stream_means = ckpt.get("stream_means")  # a model-only export has none: explanations use a zero baseline
         cfg = inference_config(cfg)
         model = build_model(cfg, num_scenes=len(scenes), class_table=class_table)
         load_model_state(model, state, source)
         log.info("loaded %s: %d scenes, class table %s", source, len(scenes), class_table.name)
         seg = segmenter_from_spec(segmenter, cfg.graph)[0] if segmenter is not None else None
         return cls(model=model, segmenter=seg, cfg=cfg, scenes=scenes, class_table=class_table, device=device,
-                   precision=precision)
+                   precision=precision, stream_means=stream_means, explain_method=explain_method)
 
     @classmethod
     def from_segmenter(cls, spec: str, *, graph: GraphConfig | None = None, device: str | torch.device = "cpu",
@@ -328,23 +356,47 @@ class Predictor:
         bottom, right = (int(v) + 1 for v in content.max(dim=0).values)
         return _Input(x.as_subclass(Tensor), (top, left, bottom - top, right - left), (h0, w0))
 
-    @torch.inference_mode()
-    def predict(self, images: Sequence[np.ndarray | str | Path], topk: int = 5, batch_size: int = 8
-                ) -> list[Prediction]:
+    def predict(self, images: Sequence[np.ndarray | str | Path], topk: int = 5, batch_size: int = 8,
+                explain: bool = False, explain_scene: str | None = None) -> list[Prediction]:
         """Predict for ``(H, W, 3)`` uint8 RGB images of any sizes (or image paths, read with
-        :func:`~twostream.data.io.load_image`), ``batch_size`` at a time; one :class:`Prediction` per image."""
+        :func:`~twostream.data.io.load_image`), ``batch_size`` at a time; one :class:`Prediction` per image.
+
+        ``explain``: also explain each prediction (``Prediction.explanation``), for its top scene or for
+        ``explain_scene`` (a scene of the vocabulary; any other name is a ``ValueError`` listing the scenes).
+        """
         from twostream.data.io import load_image
 
         if topk < 1 or batch_size < 1:
             raise ValueError(f"Predictor.predict: topk and batch_size must be at least 1, got {topk}, {batch_size}")
+        scene_index = None
+        if explain or explain_scene is not None:
+            if self.model is None:
+                raise ValueError("Predictor.predict: explanations need a scene classifier; this predictor has a "
+                                 "segmenter only (give --checkpoint)")
+            if explain_scene is not None:
+                from twostream.explain import resolve_scene
+
+                scene_index = resolve_scene(explain_scene, self.scenes)
+            explain = True
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = [load_image(im) if isinstance(im, str | Path) else _check_image(im)
                      for im in images[start:start + batch_size]]
-            out.extend(self._predict_batch(chunk, topk))
+            out.extend(self._predict_batch(chunk, topk, explain, scene_index))
         return out
 
-    def _predict_batch(self, images: Sequence[np.ndarray], topk: int) -> list[Prediction]:
+    @property
+    def explainer(self):
+        """The :class:`~twostream.explain.SceneExplainer` of the model (built once, on first use)."""
+        if self._explainer is None:
+            from twostream.explain import SceneExplainer
+
+            self._explainer = SceneExplainer(self.model, self.scenes, class_table=self.class_table,
+                                             method=self.explain_method, stream_means=self.stream_means)
+        return self._explainer
+
+    def _predict_batch(self, images: Sequence[np.ndarray], topk: int, explain: bool = False,
+                       scene_index: int | None = None) -> list[Prediction]:
         inputs = [self._prepare(im) for im in images]
         # Same-sized inputs run together: all of them with a fixed image_size, equal shapes with native sizes.
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -352,22 +404,27 @@ class Predictor:
             groups.setdefault(tuple(inp.tensor.shape), []).append(i)
         results: list[Prediction | None] = [None] * len(inputs)
         for idx in groups.values():
-            for i, pred in zip(idx, self._run([inputs[i] for i in idx], topk)):
+            for i, pred in zip(idx, self._run([inputs[i] for i in idx], topk, explain, scene_index)):
                 results[i] = pred
         return results
 
-    def _run(self, inputs: list[_Input], topk: int) -> list[Prediction]:
+    def _run(self, inputs: list[_Input], topk: int, explain: bool = False,
+             scene_index: int | None = None) -> list[Prediction]:
+        from twostream.graph.builder import pixel_confidence
+
         x = torch.stack([inp.tensor for inp in inputs]).to(self.device)  # (B, 3, h, w)
-        logits = labels = graphs = None
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        logits = labels = graphs = confidence = None
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                                    enabled=self.amp_dtype is not None):
             if self.segmenter is not None:  # graphs built here, the way the graph cache builds them
-                labels = self.segmenter(x)["sem_logits"].argmax(dim=1)  # (B, h, w)
+                sem_logits = self.segmenter(x)["sem_logits"]
+                labels = sem_logits.argmax(dim=1)  # (B, h, w)
+                confidence = pixel_confidence(sem_logits)  # (B, h, w) max softmax probability
                 void = labels
                 if any(inp.padded for inp in inputs):
                     pad = torch.stack([self._pad_mask(inp) for inp in inputs]).to(labels.device)  # (B, h, w)
                     void = labels.masked_fill(pad, IGNORE_INDEX)
-                graphs = self.builder.build_batch(void)
+                graphs = self.builder.build_batch(void, confidence=confidence)
                 if self.model is not None:
                     logits = self.model(x, graphs if self.model.graph_encoder is not None else None)["logits"]
             else:
@@ -375,7 +432,12 @@ class Predictor:
                 logits = out["logits"]
                 if "sem_logits" in out:
                     labels, graphs = out["sem_logits"].argmax(dim=1), out["graphs"]
+                    confidence = pixel_confidence(out["sem_logits"])
         probs = logits.float().softmax(dim=1).cpu() if logits is not None else None  # (B, S)
+        explanations = None
+        if explain:  # outside inference mode: the attributions need gradients
+            model_graphs = graphs if self.model.graph_encoder is not None else None
+            explanations = self.explainer.explain(x.clone(), model_graphs, scene=scene_index)
 
         predictions = []
         for i, inp in enumerate(inputs):
@@ -384,14 +446,20 @@ class Predictor:
                 p, j = probs[i].topk(min(topk, probs.shape[1]))
                 scenes = [(self.scenes[c], float(q)) for q, c in zip(p.tolist(), j.tolist())]
             sem_map = graph = None
+            top, left, ch, cw = inp.box
             if labels is not None:
-                top, left, ch, cw = inp.box
                 content = labels[i, top:top + ch, left:left + cw]  # (ch, cw)
-                graph = (self.builder(content) if inp.padded else graphs[i]).to("cpu")
+                graph = (self.builder(content, confidence=confidence[i, top:top + ch, left:left + cw])
+                         if inp.padded else graphs[i]).to("cpu")
                 sem_map = _resize_labels(content, inp.size).cpu().numpy()
+            explanation = explanations[i] if explanations is not None else None
+            if explanation is not None and explanation.cam is not None:
+                from twostream.explain.cam import resize_cam
+
+                explanation.cam = resize_cam(explanation.cam, inp.box, inp.size)  # at the photo's own size
             predictions.append(Prediction(scenes=scenes, sem_map=sem_map, graph=graph,
                                           class_table=self.class_table if graph is not None else None,
-                                          image_size=inp.size))
+                                          image_size=inp.size, explanation=explanation))
         return predictions
 
     @staticmethod

@@ -210,5 +210,9 @@ def format_report(result) -> str:
         parts += ["### Data pipeline", "", loader_table(result.loader, result.train), "", *result.loader_notes(), ""]
     if result.builder_table:
         parts += ["### Graph builder alone (benchmarks/graph_builder.py)", "", result.builder_table, ""]
+    if getattr(result, "explain", None) is not None:
+        from twostream.benchmark.explain import explain_table
+
+        parts += ["### Explanation of one image (twostream.explain)", "", explain_table(result.explain), ""]
     parts += ["### Targets", "", targets_table(result.targets), ""]
     return "\n".join(parts)

@@ -4,7 +4,8 @@
     >>> print(format_report(result))
 
 Order: inference (every model at every batch size), the training step of ``configs/quickstart.yaml``, the loader
-with 0, 1 and 2 workers, and the builder-alone table of ``benchmarks/graph_builder.py`` (its ``run``).
+with 0, 1 and 2 workers, the builder-alone table of ``benchmarks/graph_builder.py`` (its ``run``), and one image
+explained by the quick-start model (:mod:`twostream.benchmark.explain`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from twostream.benchmark.explain import ExplainRow, bench_explain
 from twostream.benchmark.inference import DEFAULT_MODELS, InferenceRow, ModelSpec, bench_inference
 from twostream.benchmark.report import Target, evaluate_targets
 from twostream.benchmark.training import (
@@ -126,6 +128,7 @@ class BenchmarkResult:
     train: TrainStepResult | None = None
     loader: list[LoaderRow] = field(default_factory=list)
     builder_table: str = ""
+    explain: ExplainRow | None = None
     targets: list[Target] = field(default_factory=list)
 
     @property
@@ -221,11 +224,12 @@ def _loadavg() -> tuple[float, float, float] | None:
 
 
 def run_benchmark(options: BenchmarkOptions, *, work_dir: str | Path | None = None,
-                  sections: Sequence[str] = ("inference", "train", "loader", "builder")) -> BenchmarkResult:
+                  sections: Sequence[str] = ("inference", "train", "loader", "builder", "explain")
+                  ) -> BenchmarkResult:
     """Run the benchmark ``options`` describe; generated data goes to ``work_dir`` (default: a temporary folder).
 
-    ``sections`` picks parts of the run (``inference``, ``train``, ``loader``, ``builder``); targets whose
-    measurements were skipped read "not measured".
+    ``sections`` picks parts of the run (``inference``, ``train``, ``loader``, ``builder``, ``explain``); targets
+    whose measurements were skipped read "not measured".
     """
     opts = options.resolved()
     device = torch.device(opts.device)
@@ -260,6 +264,11 @@ def run_benchmark(options: BenchmarkOptions, *, work_dir: str | Path | None = No
         log.info("graph builder alone")
         sizes = sorted({r.image_size[0] for r in result.inference}) or [opts.size or 224]
         result.builder_table = _graph_builder_table(sizes[-1], opts.ci)
+    if "explain" in sections:
+        log.info("one image explained by quickstart")
+        result.explain = bench_explain(opts.config_dir, device, size=opts.size, ci=opts.ci, warmup=opts.warmup,
+                                       iters=opts.iters, min_iters=opts.min_iters, budget_s=opts.budget_s,
+                                       seed=opts.seed)
     result.load_end = _loadavg()
     result.memory_method = result.memory_method or "not measured (no inference run)"
     result.targets = evaluate_targets(result.inference, result.loader, result.train)

@@ -12,6 +12,9 @@ A classifier is also scored on named subsets of the split (``subsets``: every li
 fed by its one loop, :func:`~twostream.engine.evaluators.inference_on_dataset`; what the loop reads is
 :func:`_split_loader`. Results are written to ``<out>/metrics.json`` (and ``confusion_matrix.png``, ``per_class.md``
 for a classifier).
+With ``explain``, a classifier's every image is also explained (:class:`twostream.explain.ExplanationEvaluator`):
+``<out>/explanations.jsonl`` and ``metrics["explanation"]`` (hit rate on relation-only images, randomisation test,
+deletion fidelity).
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ def _scores_segmentation(class_table: ClassTable) -> bool:
 def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, split: str | None = None,
                         graphs: str = "auto", out_dir: str | Path | None = None, device: str = "auto",
                         batch_size: int | None = None,
-                        subsets: Mapping[str, str | Path] | Sequence[tuple[str, str | Path]] = ()) -> dict:
+                        subsets: Mapping[str, str | Path] | Sequence[tuple[str, str | Path]] = (),
+                        explain: bool = False, explain_method: str = "integrated_gradients") -> dict:
     """Score ``checkpoint`` (a run folder, a checkpoint file or an export folder) on ``split`` and write the results
     to ``out_dir``.
 
@@ -106,6 +110,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
         out_dir: where ``metrics.json`` and friends go; default ``<run folder>/eval-<split>``.
         subsets: classifier only: ``{name: file}`` (or pairs) of image-stem lists scored beside the whole split, in
             addition to the lists of the dataset's ``synthetic.json`` (:mod:`twostream.engine.evaluators.subsets`).
+        explain: classifier only: explain every image (``explanations.jsonl``, ``metrics["explanation"]``) with
+            ``explain_method`` (docs/explanations.md).
     """
     if graphs not in GRAPH_SOURCES:
         raise ValueError(f"graphs '{graphs}' is not one of {', '.join(GRAPH_SOURCES)}")
@@ -120,11 +126,14 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
     if ckpt.get("stage") == "segmentation":
         if subsets:
             raise ValueError(f"--subset scores scene classification; {path} is a segmentation-stage checkpoint")
+        if explain:
+            raise ValueError(f"{path}: --explain explains a scene classifier; this is a segmentation checkpoint")
         metrics = _evaluate_segmenter(path, cfg, model_cfg, split, class_table, dev, batch_size)
     elif ckpt.get("stage") == "classifier":
         named = read_subsets(cfg.data.root, split, lambda: _split_stems(cfg, split), subsets)
+        explain_with = explain_method if explain else None
         metrics = _evaluate_classifier(ckpt, path, cfg, model_cfg, split, class_table, graphs, dev, batch_size, out,
-                                       named)
+                                       named, explain_with)
     else:
         raise CheckpointError(f"{path}: unknown stage {ckpt.get('stage')!r}")
     metrics.update(checkpoint=str(path), split=split, step=int(ckpt.get("step", 0)))
@@ -165,7 +174,7 @@ def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, 
 
 def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config, split: str,
                          class_table: ClassTable, graphs: str, device: torch.device, batch_size: int | None,
-                         out: Path, subsets: dict[str, list[str]]) -> dict:
+                         out: Path, subsets: dict[str, list[str]], explain_method: str | None = None) -> dict:
     from twostream.data.vocabulary import SceneVocabulary
     from twostream.graph.builder import SceneGraphBuilder
     from twostream.models.two_stream import build_model
@@ -195,10 +204,20 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
         evaluators["graph_quality"] = SceneGraphEvaluator(builder)
     if subsets:
         evaluators["subsets"] = SubsetEvaluator(subsets, vocabulary.names, topk=k, device=device)
+    if explain_method is not None:
+        from twostream.explain.evaluation import build_explanation_evaluator
+
+        evaluators["explanation"] = build_explanation_evaluator(
+            model, vocabulary.names, data_root=cfg.data.root, class_table=class_table,
+            stream_means=ckpt.get("stream_means"), out_dir=out, method=explain_method)
     loader = _split_loader(cfg, split, vocabulary=vocabulary, batch_size=batch_size,
                            gt_graphs=builder if graphs == "gt" and m.gnn.enabled else None)
     results = inference_on_dataset(model, loader, evaluators, forward=run_classifier, device=device)
     metrics = {"stage": "classifier", "graphs": graphs, **results.pop("scenes"), **results}
+    if "explanation" in metrics:
+        from twostream.explain.evaluation import format_explanation_metrics
+
+        log.info("%s", format_explanation_metrics(metrics["explanation"]))
     out.mkdir(parents=True, exist_ok=True)
     table = format_per_class_table(metrics)
     if metrics.get("subsets"):

@@ -67,7 +67,9 @@ class ClassificationTask(_Task):
         if cfg.model.gnn.enabled and cfg.graph.source != "online":
             train_set, val_set = (self._attach_graphs(train_set, cfg.data.train_split),
                                   self._attach_graphs(val_set, cfg.data.val_split))
-        return self._loaders(train_set, val_set)
+        loaders = self._loaders(train_set, val_set)
+        self.train_loader = loaders.train  # for the stream means in finish()
+        return loaders
 
     def _attach_graphs(self, dataset, split: str) -> WithGraphs:
         from twostream.graph.builder import SceneGraphBuilder
@@ -106,6 +108,7 @@ class ClassificationTask(_Task):
         model = build_model(cfg, num_scenes=len(self.vocabulary), class_table=self.class_table, segmenter=trained)
         if getattr(model, "segmenter", None) is not None:
             self.class_table = model.segmenter.class_table
+        self.model = model  # the unwrapped model, for the stream means in finish()
         return model
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[Tensor, int]:
@@ -138,6 +141,11 @@ class ClassificationTask(_Task):
             from twostream.engine.evaluators import format_per_class_table
 
             log.info("per-class accuracy on %s:\n%s", self.cfg.data.val_split, format_per_class_table(metrics))
+        # each stream's training-set mean embedding, the baseline of explanations' stream contributions
+        from twostream.explain.streams import record_stream_means
+
+        record_stream_means(run_dir, self.model, getattr(self, "train_loader", None),
+                            max_images=self.cfg.train.stream_means_images)
 
 
 class SegmentationTask(_Task):

@@ -12,7 +12,8 @@ stretches of one label in one row; a 512x512 ADE20K-like map has ~10k of them ag
    found beside run starts and vertical changes without another pass; for regions the pairs across rows are the
    union-find's run contacts with their pixel-pair counts. Pairs are encoded as one integer ``(image, a, b)`` and
    counted with ``bincount`` (``unique`` when the code space is large).
-4. Optional node features are pooled from a feature map per run (:mod:`twostream.graph.pooling`).
+4. Optional node features are pooled from a feature map per run (:mod:`twostream.graph.pooling`), and so is the
+   optional per-pixel confidence of the segmenter (each node's mean max-softmax probability).
 
 A batch ``(B, H, W)`` is processed as one array: node and run indices are global over the batch and split per image
 at the end, so a batch on a GPU costs a handful of kernel launches rather than ``B`` times as many.
@@ -40,7 +41,8 @@ from twostream.graph.runs import (
 )
 from twostream.graph.scene_graph import SceneGraph
 
-__all__ = ["BUILDER_VERSION", "GRANULARITIES", "SceneGraphBuilder", "neighbourhood_offsets", "shaping_settings"]
+__all__ = ["BUILDER_VERSION", "GRANULARITIES", "SceneGraphBuilder", "neighbourhood_offsets", "pixel_confidence",
+           "shaping_settings"]
 
 # Bump when a change to this file changes the graphs it builds: caches keyed on `settings()` are then rebuilt.
 BUILDER_VERSION = 1
@@ -49,6 +51,13 @@ GRANULARITIES = ("class", "region")
 # --------------------------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def pixel_confidence(logits: Tensor) -> Tensor:
+    """``(B, K, H, W)`` class logits -> ``(B, H, W)`` float32 max softmax probability, without the softmax itself:
+    ``max_k p_k = exp(max_k l_k - logsumexp_k l_k)`` (two reductions, no ``(B, K, H, W)`` temporary)."""
+    logits = logits.detach().float()
+    return torch.exp(logits.amax(dim=1) - torch.logsumexp(logits, dim=1))
 
 
 def neighbourhood_offsets(connectivity: int, radius: int = 1) -> list[tuple[int, int]]:
@@ -152,6 +161,11 @@ class SceneGraphBuilder:
     pixels. The result is differentiable with respect to ``features`` and costs ``O(B C h w + R C)`` (``R`` runs),
     never ``O(B C H W)``.
 
+    **Confidence.** ``build_batch(maps, confidence=conf)`` with the segmenter's per-pixel confidence ``(B, H, W)``
+    (its max softmax probability; :func:`pixel_confidence` computes it from logits) gives each graph
+    ``confidence (N,)``: the mean over each node's pixels, pooled from the same runs (no per-node loop), so a reader
+    sees when a node was itself a guess.
+
     Args:
         granularity: ``"class"`` or ``"region"``.
         connectivity: 4 or 8; used for touching and, for regions, for connectedness.
@@ -170,7 +184,8 @@ class SceneGraphBuilder:
         output: per image a :class:`SceneGraph` on the input's device (numpy input: CPU) with
             ``labels (N,)`` int64, ``area (N,)``, ``centroid (N, 2)``, ``bbox (N, 4)`` float32,
             ``edge_index (2, E)`` int64 (both directions, sorted), ``boundary (E,)`` float32,
-            ``features (N, C)`` float32 or ``None``; optionally the node-id map ``(H, W)`` / ``(B, H, W)`` int64
+            ``features (N, C)`` float32 or ``None``, ``confidence (N,)`` float32 or ``None``; optionally the
+            node-id map ``(H, W)`` / ``(B, H, W)`` int64
             (the node index of each pixel, ``-1`` for void pixels and dropped regions).
 
     Example::
@@ -252,10 +267,12 @@ class SceneGraphBuilder:
     # ----------------------------------------------------------------------------------------------------------------
 
     def __call__(self, sem_map: np.ndarray | Tensor, features: Tensor | None = None,
-                 return_node_map: bool = False) -> SceneGraph | tuple[SceneGraph, Tensor]:
+                 return_node_map: bool = False, confidence: np.ndarray | Tensor | None = None
+                 ) -> SceneGraph | tuple[SceneGraph, Tensor]:
         """One ``(H, W)`` map -> a :class:`SceneGraph` (and its ``(H, W)`` node-id map when asked).
 
         ``features``: optional ``(C, h, w)`` or ``(1, C, h, w)`` feature map to pool under each node.
+        ``confidence``: optional ``(H, W)`` per-pixel confidence to average under each node.
         """
         sem_map = _as_label_array(sem_map, "SceneGraphBuilder: sem_map")
         if sem_map.ndim != 2:
@@ -263,14 +280,18 @@ class SceneGraphBuilder:
                              "use build_batch for (B, H, W)")
         if features is not None and features.ndim == 3:
             features = features[None]
-        out = self.build_batch(sem_map[None], features=features, return_node_map=return_node_map)
+        if confidence is not None:
+            confidence = confidence[None]
+        out = self.build_batch(sem_map[None], features=features, return_node_map=return_node_map,
+                               confidence=confidence)
         if return_node_map:
             graphs, node_maps = out
             return graphs[0], node_maps[0]
         return out[0]
 
     def build_batch(self, sem_maps: np.ndarray | Tensor, features: Tensor | None = None,
-                    return_node_map: bool = False) -> list[SceneGraph] | tuple[list[SceneGraph], Tensor]:
+                    return_node_map: bool = False, confidence: np.ndarray | Tensor | None = None
+                    ) -> list[SceneGraph] | tuple[list[SceneGraph], Tensor]:
         """``(B, H, W)`` maps -> ``B`` :class:`SceneGraph` s, built together (identical to one-by-one builds).
 
         Args:
@@ -278,6 +299,8 @@ class SceneGraphBuilder:
             features: optional ``(B, C, h, w)`` float tensor; each graph gets ``features (N, C)`` float32 pooled
                 under its nodes' pixels (differentiable).
             return_node_map: also return the ``(B, H, W)`` int64 node-id map (``-1``: no node).
+            confidence: optional ``(B, H, W)`` float per-pixel confidence (numpy or torch); each graph gets
+                ``confidence (N,)`` float32, its mean over each node's pixels (no gradient).
         """
         sem_maps = _as_label_array(sem_maps, "SceneGraphBuilder.build_batch: sem_maps")
         if sem_maps.ndim != 3:
@@ -290,6 +313,12 @@ class SceneGraphBuilder:
                                      or features.shape[0] != batch):
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
             raise ValueError(f"SceneGraphBuilder: features must be a (B, C, h, w) tensor with B={batch}, got {shape}")
+        if confidence is not None:
+            confidence = torch.as_tensor(confidence)
+            if tuple(confidence.shape) != (batch, height, width) or not confidence.is_floating_point():
+                raise ValueError(f"SceneGraphBuilder: confidence must be a float (B, H, W) map of the label maps' "
+                                 f"shape {(batch, height, width)}, got {confidence.dtype} of shape "
+                                 f"{tuple(confidence.shape)}")
         device = sem_maps.device if isinstance(sem_maps, Tensor) else torch.device("cpu")
         use_torch = self.backend == "torch" or (self.backend == "auto" and device.type != "cpu")
         if use_torch:
@@ -309,6 +338,12 @@ class SceneGraphBuilder:
             pooled = pool_run_features(built.runs, built.run_node, built.area, xp, features, (height, width))
             for graph, f in zip(graphs, pooled.split([g.num_nodes for g in graphs])):
                 graph.features = f
+        if confidence is not None:
+            with torch.no_grad():
+                mean = pool_run_features(built.runs, built.run_node, built.area, xp,
+                                         confidence.detach().to(device)[:, None], (height, width))[:, 0]  # (N,)
+            for graph, c in zip(graphs, mean.clamp(0, 1).split([g.num_nodes for g in graphs])):
+                graph.confidence = c.contiguous()
         if not return_node_map:
             return graphs
         # Node ids local to each image (index into that image's graph), -1 for void pixels.

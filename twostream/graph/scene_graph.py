@@ -22,7 +22,8 @@ The JSON form (``JSON_FORMAT``), readable on its own::
      "edges": [{"source": 0, "target": 3, "boundary": 412.0}, ...]}   # each undirected edge once, source < target
 
 Floats are written as the shortest decimal that reads back to the same float32. ``"features"`` (a list per node)
-appears only when asked for. Unknown top-level keys are ignored on reading, so a file may carry more (scenes, paths).
+appears only when asked for; ``"confidence"`` (a number per node: the segmenter's mean max-softmax under the node)
+whenever the graph carries it. Unknown top-level keys are ignored on reading, so a file may carry more (scenes, paths).
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class SceneGraph:
         boundary: ``(E,)`` float32, shared boundary length in pixels: the number of touching pixel pairs.
         image_size: ``(H, W)`` of the semantic map the graph was built from.
         features: ``(N, C)`` float32 features pooled under each node's mask, or ``None``.
+        confidence: ``(N,)`` float32, the segmenter's mean confidence (max softmax probability) over the node's
+            pixels, in ``[0, 1]``, when the graph comes from a prediction; ``None`` for graphs of annotations.
         class_table: the label set ``labels`` refer to.
     """
 
@@ -110,6 +113,7 @@ class SceneGraph:
     image_size: tuple[int, int]
     class_table: ClassTable = field(repr=False)
     features: Tensor | None = None
+    confidence: Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -147,6 +151,10 @@ class SceneGraph:
                              f"got {self.edge_index.min().item()}..{self.edge_index.max().item()}")
         if self.features is not None and self.features.shape[0] != n:
             raise ValueError(f"SceneGraph.features: expected {n} rows, got {self.features.shape[0]}")
+        if self.confidence is not None and (tuple(self.confidence.shape) != (n,)
+                                            or self.confidence.dtype != torch.float32):
+            raise ValueError(f"SceneGraph.confidence: expected torch.float32 of shape ({n},), got "
+                             f"{self.confidence.dtype} of shape {tuple(self.confidence.shape)}")
         return self
 
     def node_attr(self) -> Tensor:
@@ -166,16 +174,20 @@ class SceneGraph:
         moved = {k: getattr(self, k).to(device) for k in ("labels", "area", "centroid", "bbox", "edge_index",
                                                          "boundary")}
         features = self.features.to(device) if self.features is not None else None
-        return SceneGraph(**moved, image_size=self.image_size, class_table=self.class_table, features=features)
+        confidence = self.confidence.to(device) if self.confidence is not None else None
+        return SceneGraph(**moved, image_size=self.image_size, class_table=self.class_table, features=features,
+                          confidence=confidence)
 
     def equal(self, other: SceneGraph) -> bool:
-        """Exactly the same graph: fields, image size, class table and features (bit for bit)."""
+        """Exactly the same graph: fields, image size, class table, features and confidence (bit for bit)."""
         fields = ("labels", "area", "centroid", "bbox", "edge_index", "boundary")
         same = (self.image_size == other.image_size and self.class_table == other.class_table
                 and all(torch.equal(getattr(self, f).cpu(), getattr(other, f).cpu()) for f in fields))
-        if (self.features is None) != (other.features is None):
-            return False
-        return same and (self.features is None or torch.equal(self.features.cpu(), other.features.cpu()))
+        for name in ("features", "confidence"):
+            a, b = getattr(self, name), getattr(other, name)
+            if (a is None) != (b is None) or (a is not None and not torch.equal(a.cpu(), b.cpu())):
+                return False
+        return same
 
     def undirected_edges(self) -> tuple[Tensor, Tensor]:
         """Each touching pair once: ``(2, E/2)`` int64 with source < target, and its ``(E/2,)`` boundary."""
@@ -197,14 +209,16 @@ class SceneGraph:
 
     def to_pyg(self):
         """A ``torch_geometric.data.Data``: ``labels (N,)``, ``x (N, 7)`` node attributes, ``pos (N, 2)`` centroids,
-        ``edge_index (2, E)``, ``edge_attr (E, 4)``, ``boundary (E,)`` in pixels, and ``features (N, C)`` when
-        pooled."""
+        ``edge_index (2, E)``, ``edge_attr (E, 4)``, ``boundary (E,)`` in pixels, ``features (N, C)`` when
+        pooled and ``confidence (N,)`` when the graph carries it."""
         from torch_geometric.data import Data
 
         data = Data(labels=self.labels, x=self.node_attr(), pos=self.centroid, edge_index=self.edge_index,
                     edge_attr=self.edge_attr(), boundary=self.boundary, num_nodes=self.num_nodes)
         if self.features is not None:
             data.features = self.features
+        if self.confidence is not None:
+            data.confidence = self.confidence
         return data
 
     @classmethod
@@ -218,7 +232,7 @@ class SceneGraph:
         return cls(labels=data.labels, area=x[:, 0].contiguous(), centroid=x[:, 1:3].contiguous(),
                    bbox=x[:, 3:7].contiguous(), edge_index=data.edge_index, boundary=boundary,
                    image_size=(int(image_size[0]), int(image_size[1])), class_table=class_table,
-                   features=getattr(data, "features", None)).validate()
+                   features=getattr(data, "features", None), confidence=getattr(data, "confidence", None)).validate()
 
     # ----------------------------------------------------------------------------------------------------------------
     # networkx
@@ -226,8 +240,9 @@ class SceneGraph:
 
     def to_networkx(self):
         """An undirected ``networkx.Graph``: nodes ``0..N-1`` with ``label``, ``name``, ``area``, ``centroid (x, y)``,
-        ``bbox (x0, y0, x1, y1)`` (and ``features`` when pooled); edges with ``boundary``; graph attributes
-        ``image_size`` and ``class_table`` (the table's name; the table itself is ``graph.graph["table"]``)."""
+        ``bbox (x0, y0, x1, y1)`` (and ``features`` when pooled, ``confidence`` when known); edges with
+        ``boundary``; graph attributes ``image_size`` and ``class_table`` (the table's name; the table itself is
+        ``graph.graph["table"]``)."""
         import networkx as nx
 
         g = nx.Graph(image_size=tuple(self.image_size), class_table=self.class_table.name, table=self.class_table)
@@ -236,11 +251,14 @@ class SceneGraph:
         centroid = self.centroid.tolist()
         bbox = self.bbox.tolist()
         features = self.features.detach().cpu().tolist() if self.features is not None else None
+        confidence = self.confidence.detach().cpu().tolist() if self.confidence is not None else None
         for i, label in enumerate(labels):
             attrs = {"label": label, "name": self.class_table.short_name(label), "area": area[i],
                      "centroid": tuple(centroid[i]), "bbox": tuple(bbox[i])}
             if features is not None:
                 attrs["features"] = tuple(features[i])
+            if confidence is not None:
+                attrs["confidence"] = confidence[i]
             g.add_node(i, **attrs)
         pairs, boundary = self.undirected_edges()
         g.add_edges_from((a, b, {"boundary": w}) for (a, b), w in zip(pairs.t().tolist(), boundary.tolist()))
@@ -276,12 +294,15 @@ class SceneGraph:
         labels = self.labels.tolist()
         area, centroid, bbox = _floats(self.area), _floats(self.centroid), _floats(self.bbox)
         features = _floats(self.features) if include_features and self.features is not None else None
+        confidence = _floats(self.confidence) if self.confidence is not None else None
         nodes = []
         for i, label in enumerate(labels):
             node = {"id": i, "label": label, "name": names[label], "area": area[i], "centroid": centroid[i],
                     "bbox": bbox[i]}
             if features is not None:
                 node["features"] = features[i]
+            if confidence is not None:
+                node["confidence"] = confidence[i]
             nodes.append(node)
         pairs, boundary = self.undirected_edges()
         edges = [{"source": a, "target": b, "boundary": w}
@@ -347,6 +368,8 @@ class SceneGraph:
         out["image_size"] = torch.tensor(self.image_size, dtype=torch.int64)
         if self.features is not None:
             out["features"] = self.features.detach().cpu()
+        if self.confidence is not None:
+            out["confidence"] = self.confidence.detach().cpu()
         return out
 
     @classmethod
@@ -354,7 +377,7 @@ class SceneGraph:
         h, w = (int(v) for v in d["image_size"])
         return cls(labels=d["labels"], area=d["area"], centroid=d["centroid"], bbox=d["bbox"],
                    edge_index=d["edge_index"], boundary=d["boundary"], image_size=(h, w), class_table=class_table,
-                   features=d.get("features"))
+                   features=d.get("features"), confidence=d.get("confidence"))
 
 
 def dumps_json(d: dict) -> str:
@@ -371,8 +394,12 @@ def dumps_json(d: dict) -> str:
 
 def _node_fields(nodes: list[dict], image_size: tuple[int, int], table: ClassTable,
                  features: Tensor | None) -> dict[str, Any]:
-    """SceneGraph node fields from per-node dicts with ``label``, ``area``, ``centroid``, ``bbox``."""
+    """SceneGraph node fields from per-node dicts with ``label``, ``area``, ``centroid``, ``bbox`` (and optionally
+    ``confidence``, present on every node or on none)."""
     n = len(nodes)
+    confidence = None
+    if n and "confidence" in nodes[0]:
+        confidence = torch.tensor([node["confidence"] for node in nodes], dtype=torch.float32)
     return {
         "labels": torch.tensor([node["label"] for node in nodes], dtype=torch.int64),
         "area": torch.tensor([node["area"] for node in nodes], dtype=torch.float32),
@@ -381,4 +408,5 @@ def _node_fields(nodes: list[dict], image_size: tuple[int, int], table: ClassTab
         "image_size": image_size,
         "class_table": table,
         "features": features,
+        "confidence": confidence,
     }

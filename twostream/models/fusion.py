@@ -10,6 +10,10 @@ tokens and nodes; the others fuse the pooled vectors. The :data:`FUSIONS` table 
 a new method is one class plus one entry. Each method LayerNorms its inputs first: the streams arrive at unrelated
 scales (a timm encoder's normed tokens, a GNN's residual sums).
 
+Each method also reports how it weighed the streams for one batch, for explanations
+(:meth:`explain_extras`: the learned stream weights of ``sum``, the gate of ``gated``, the attention of image tokens
+over the nodes of ``cross_attention``; nothing for ``concat`` and ``bilinear``, whose mixing has no such reading).
+
 Single-stream baselines are not a fusion: ``model.fusion.type: none`` with one stream switched off sends that stream's
 pooled features straight to the classification head (see :mod:`twostream.models.two_stream`).
 """
@@ -71,6 +75,12 @@ class _Fusion(nn.Module):
 
     def reset_parameters(self) -> None:
         _reset_all(self)
+
+    def explain_extras(self, image_pooled: Tensor, image_tokens: Tensor | None, graph_pooled: Tensor,
+                       node_emb: Tensor, node_batch: Tensor) -> dict[str, Tensor]:
+        """How this method weighed the two streams for each image of a batch (same arguments as ``forward``), as
+        named tensors with a leading ``B``; ``{}`` when the method has nothing such to say."""
+        return {}
 
     def extra_repr(self) -> str:
         return f"image_dim={self.image_dim}, graph_dim={self.graph_dim}, dim={self.dim}"
@@ -135,6 +145,11 @@ class SumFusion(_Fusion):
         """``(2,)`` current (image, graph) weights, summing to 1."""
         return self.weight_logits.softmax(dim=0)
 
+    def explain_extras(self, image_pooled: Tensor, image_tokens: Tensor | None, graph_pooled: Tensor,
+                       node_emb: Tensor, node_batch: Tensor) -> dict[str, Tensor]:
+        r"""``stream_weights (B, 2)``: :math:`(\alpha_v, \alpha_g)`, the same for every image."""
+        return {"stream_weights": self.stream_weights.expand(image_pooled.shape[0], 2)}
+
     def forward(self, image_pooled: Tensor, image_tokens: Tensor | None, graph_pooled: Tensor, node_emb: Tensor,
                 node_batch: Tensor) -> Tensor:
         a = self.stream_weights  # (2,)
@@ -169,6 +184,12 @@ class GatedFusion(_Fusion):
         """``(B, dim)`` in (0, 1): the weight of the image stream per feature."""
         v, g = self.image_norm(image_pooled), self.graph_norm(graph_pooled)
         return torch.sigmoid(self.gate(torch.cat([v, g], dim=1)))
+
+    def explain_extras(self, image_pooled: Tensor, image_tokens: Tensor | None, graph_pooled: Tensor,
+                       node_emb: Tensor, node_batch: Tensor) -> dict[str, Tensor]:
+        r"""``gate (B, dim)``: :math:`\mathbf{s}`, the image stream's weight per fused feature (the graph's is
+        ``1 - gate``)."""
+        return {"gate": self.gate_values(image_pooled, graph_pooled)}
 
     def forward(self, image_pooled: Tensor, image_tokens: Tensor | None, graph_pooled: Tensor, node_emb: Tensor,
                 node_batch: Tensor) -> Tensor:
@@ -234,11 +255,25 @@ class CrossAttentionFusion(_Fusion):
         always = real.new_ones(b, 2)  # the null and summary tokens
         return kv, ~torch.cat([always, real], dim=1)  # (B, 2 + N_max, dim), (B, 2 + N_max)
 
-    def forward(self, image_pooled: Tensor, image_tokens: Tensor | None, graph_pooled: Tensor, node_emb: Tensor,
-                node_batch: Tensor) -> Tensor:
+    def _check_tokens(self, image_tokens: Tensor | None) -> None:
         if image_tokens is None:
             raise ValueError("CrossAttentionFusion needs image tokens (B, T, C); pass the image encoder's "
                              "forward_features output, or pick another model.fusion.type")
+
+    def explain_extras(self, image_pooled: Tensor, image_tokens: Tensor | None, graph_pooled: Tensor,
+                       node_emb: Tensor, node_batch: Tensor) -> dict[str, Tensor]:
+        """``attention (B, 2 + N_max)``: the attention of the image tokens on each key, averaged over heads and
+        tokens (keys in the order of :meth:`keys`: null token, graph summary, then the graph's nodes; each row sums
+        to 1), and ``attention_mask (B, 2 + N_max)`` bool, True for real keys (False: padding, weight 0)."""
+        self._check_tokens(image_tokens)
+        q = self.query_proj(self.image_norm(image_tokens))  # (B, T, dim)
+        kv, pad = self.keys(graph_pooled, node_emb, node_batch)  # (B, K, dim), (B, K)
+        _, weights = self.attn(q, kv, kv, key_padding_mask=pad, need_weights=True, average_attn_weights=True)
+        return {"attention": weights.mean(dim=1), "attention_mask": ~pad}  # (B, T, K) -> (B, K)
+
+    def forward(self, image_pooled: Tensor, image_tokens: Tensor | None, graph_pooled: Tensor, node_emb: Tensor,
+                node_batch: Tensor) -> Tensor:
+        self._check_tokens(image_tokens)
         q = self.query_proj(self.image_norm(image_tokens))  # (B, T, dim)
         kv, pad = self.keys(graph_pooled, node_emb, node_batch)  # (B, K, dim), (B, K)
         attended, _ = self.attn(q, kv, kv, key_padding_mask=pad, need_weights=False)  # (B, T, dim)

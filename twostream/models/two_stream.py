@@ -185,7 +185,11 @@ class TwoStreamClassifier(nn.Module):
         if self.pool_features and features is None:
             raise ValueError(f"{type(self.segmenter).__name__} returns no 'features' to pool under the nodes; "
                              "set graph.pool_features=false")
-        graph_list = self.builder.build_batch(sem_maps, features=features)
+        from twostream.graph.builder import pixel_confidence
+
+        # each node also carries the segmenter's mean confidence under it (explanations show it)
+        graph_list = self.builder.build_batch(sem_maps, features=features,
+                                              confidence=pixel_confidence(seg["sem_logits"]))
         batch = Batch.from_data_list([g.to_pyg() for g in graph_list]).to(images.device)
         return batch, {"graphs": graph_list, "sem_logits": seg["sem_logits"]}
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from twostream.graph.scene_graph import SceneGraph
+
+if TYPE_CHECKING:
+    from twostream.explain.explanation import SceneExplanation
 
 __all__ = [
     "GraphView",
@@ -39,6 +43,8 @@ class GraphView:
         node_map: ``(H, W)`` int, which node each pixel belongs to (``-1`` none); ``None`` = derived from ``sem_map``
             for ``class`` granularity (node ``i`` <-> ``graph.labels[i]``).
         scene_topk: the scene prediction, ``[(scene name, probability), ...]`` best first, or ``None``.
+        explanation: why the model scored a scene so (:class:`~twostream.explain.SceneExplanation` of this graph,
+            its CAM at the image's size), or ``None``; drawn as node and edge importance, a CAM and a streams bar.
     """
 
     name: str
@@ -46,6 +52,7 @@ class GraphView:
     sem_map: np.ndarray | None = None
     node_map: np.ndarray | None = None
     scene_topk: Sequence[tuple[str, float]] | None = None
+    explanation: SceneExplanation | None = None
 
     def resolved_node_map(self) -> np.ndarray | None:
         """``(H, W)`` int64 node ids (``-1`` = no node), or ``None`` when unknown: no semantic map, or a graph with

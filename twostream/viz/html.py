@@ -10,6 +10,12 @@ of the image) highlights its region on a canvas, its neighbours and its adjacenc
 area, centroid, bbox and the boundary length to each neighbour. Several views (prediction, ground truth) appear as
 tabs or all at once for comparison.
 
+A view with an explanation (``GraphView(..., explanation=e)``) also shows why: a "because" line, the CAM as a layer
+over the image (with its own opacity slider), the streams' contributions as a small bar, nodes sized by their
+importance and nodes' rims and edges coloured by its sign (red: for the explained scene, blue: against); hovering a
+node or an edge shows its numbers (attribution score, occlusion drop, segmenter confidence), and the info panel lists
+them.
+
 The region of a node comes from the node-id map ``(H, W)`` (which node each pixel belongs to), embedded run-length
 encoded at display resolution. All text from data (class names, file names, scene names) reaches the page escaped:
 ``html.escape`` in markup, and ``<``, ``>``, ``&`` as ``\\u003c``-style escapes inside the JSON, which the script
@@ -38,6 +44,7 @@ from twostream.viz.common import (
     short_label,
     undirected_edges,
 )
+from twostream.viz.explanation import explanation_payload
 
 __all__ = ["rle_encode", "scene_graph_html", "write_html"]
 
@@ -92,6 +99,11 @@ def _segmentation_rgba(sem: np.ndarray, class_table) -> np.ndarray:
     return np.concatenate([rgb, (labelled * 255).astype(np.uint8)[:, :, None]], axis=2)
 
 
+def _without_cam(ex: dict | None) -> dict | None:
+    """The explanation payload for the page's JSON: the CAM is in the markup already, the JSON says whether."""
+    return None if ex is None else {**ex, "cam": ex["cam"] is not None}
+
+
 def _asset(name: str) -> str:
     """The viewer's stylesheet or script (twostream/viz/static/), to inline into the page."""
     return resources.files("twostream.viz").joinpath("static", name).read_text(encoding="utf-8")
@@ -141,6 +153,7 @@ def _view_payload(view: GraphView, img: np.ndarray, seed: int) -> dict:
         "topk": [[str(s), float(p)] for s, p in view.scene_topk] if view.scene_topk else None,
         "segmentation": None,
         "node_map": None,
+        "explanation": explanation_payload(g, view.explanation),
     }
     if view.sem_map is not None:
         sem = as_label_map(view.sem_map, img.shape[:2], what=f"{view.name} sem_map")
@@ -183,6 +196,34 @@ def _comparison(views: Sequence[GraphView]) -> dict | None:
 # ------------------------------------------------------------------------------------------------- page template
 
 
+def _explanation_markup(ex: dict | None) -> tuple[str, str, str, str]:
+    """The static parts of an explanation: the "because" line (and notes), the CAM layer, its slider, the streams."""
+    if not ex:
+        return "", "", "", ""
+    esc = html.escape
+    notes = "".join(f"<li>{esc(note)}</li>" for note in ex["notes"])
+    because = (f'<p class="because" title="{esc(ex["method"])}">{esc(ex["because"])}</p>'
+               + (f'<ul class="notes">{notes}</ul>' if notes else ""))
+    cam = cam_control = ""
+    if ex["cam"]:
+        cam = f'<img class="cam" alt="class-activation map for {esc(ex["scene"])}" src="{ex["cam"]}">'
+        cam_control = '<label>CAM <input class="cam-opacity" type="range" min="0" max="100" value="55"></label>'
+    values = [v for v in ex["streams"].values() if v is not None]
+    span = max([abs(v) for v in values] + [0.05])
+    bars = []
+    for name, value in ex["streams"].items():
+        if value is None:
+            continue
+        width = 50.0 * abs(value) / span
+        left = 50.0 if value >= 0 else 50.0 - width
+        kind = "for" if value >= 0 else "against"
+        bars.append(f'<div class="stream" title="{esc(name)}: the scene probability drops by {value:+.4f} when this '
+                    f'stream is replaced by its training-set mean"><span>{esc(name)} {value:+.2f}</span>'
+                    f'<b><i class="{kind}" style="left:{left:.1f}%;width:{width:.1f}%"></i></b></div>')
+    streams = f'<div class="streams">streams (Δp when averaged): {"".join(bars)}</div>' if bars else ""
+    return because, cam, cam_control, streams
+
+
 def _view_markup(k: int, view: dict, image_uri: str, image_size: tuple[int, int]) -> str:
     """The static part of one view's section; the script adds the SVG drawings, the region canvas and the info."""
     esc = html.escape
@@ -195,22 +236,30 @@ def _view_markup(k: int, view: dict, image_uri: str, image_size: tuple[int, int]
            if view["segmentation"] else "")
     n, e = len(view["nodes"]), len(view["edges"])
     src = f' src="{image_uri}"' if image_uri else ""
+    because, cam, cam_control, streams = _explanation_markup(view.get("explanation"))
+    size_control = ("<span>node size ~ area, edge width ~ shared boundary</span>" if not view.get("explanation") else
+                    '<label>size <select class="size"><option value="importance">importance</option>'
+                    '<option value="area">area</option></select></label>'
+                    "<span>red: for the scene, blue: against; hover for the numbers</span>")
     return f"""
 <section class="view" data-view="{k}">
   <h2>{esc(view["name"])} <span class="meta">— {n} object{"s" * (n != 1)}, {e} adjacenc{"ies" if e != 1 else "y"}</span>
   </h2>
   {topk}
+  {because}{streams}
   <div class="row">
     <div>
       <div class="imgbox" style="aspect-ratio:{max(w, 1)} / {max(h, 1)}">
         <img class="photo" alt="image"{src}>
         {seg}
+        {cam}
         <canvas class="region"></canvas>
         <svg class="marks"></svg>
       </div>
       <div class="controls">
         <label>segmentation <input class="opacity" type="range" min="0" max="100" value="45"></label>
         <label><input class="show-marks" type="checkbox" checked> graph on image</label>
+        {cam_control}
       </div>
     </div>
     <div>
@@ -218,7 +267,7 @@ def _view_markup(k: int, view: dict, image_uri: str, image_size: tuple[int, int]
       <div class="controls">
         <label>layout <select class="layout"><option value="spring">spring</option>
           <option value="centroid">centroids</option></select></label>
-        <span>node size ~ area, edge width ~ shared boundary</span>
+        {size_control}
       </div>
     </div>
     <aside class="info"></aside>
@@ -270,7 +319,8 @@ def scene_graph_html(image: np.ndarray, views: GraphView | Sequence[GraphView], 
     # the photo is embedded once, in the first view; the script gives the other views the same source
     sections = "".join(_view_markup(k, p, image_uri if k == 0 else "", img.shape[:2]) for k, p in enumerate(payloads))
     # the images are in the markup already; the JSON only says whether a view has a segmentation
-    data = {"title": heading, "views": [{**p, "segmentation": p["segmentation"] is not None} for p in payloads]}
+    data = {"title": heading, "views": [{**p, "segmentation": p["segmentation"] is not None,
+                                         "explanation": _without_cam(p["explanation"])} for p in payloads]}
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

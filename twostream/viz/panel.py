@@ -3,6 +3,11 @@
     fig = draw_panel(image, GraphView("prediction", graph, sem_map, scene_topk=[("bedroom", 0.8)]))
     save_panel("panel.png", image, [GraphView("prediction", ...), GraphView("ground truth", ...)])  # two rows
 
+A view with an explanation (``GraphView(..., explanation=e)``) draws why: the first cell shows the CAM over the image
+and a small bar of the two streams' contributions, the graph cell sizes nodes by the magnitude of their importance
+and colours nodes' rims and edges by its sign (red: for the explained scene, blue: against), labelling the strongest
+nodes with their score; the caption names the explained scene and its top evidence.
+
 Drawing uses matplotlib's object API on an Agg canvas (no pyplot state, no display needed). Sizes are in pixels: the
 panel is ``width`` pixels wide and as tall as the image's aspect ratio asks, one row per view; fonts, markers and line
 widths scale with the drawn image so labels stay readable on small and large images alike.
@@ -30,6 +35,7 @@ from twostream.viz.common import (
     short_label,
     undirected_edges,
 )
+from twostream.viz.explanation import cam_overlay, edge_values, importance_colours
 
 __all__ = ["draw_panel", "overlay", "save_panel"]
 
@@ -200,21 +206,38 @@ def _draw_graph_cell(ax, renderer, view: GraphView, style: _Style, cell_w: float
     labels = g.labels.detach().cpu().numpy()
     area = g.area.detach().cpu().numpy()
     diameter_px = style.font_px * 1.0 + np.sqrt(np.clip(area, 0, 1)) * cell_w * 0.2  # node size ~ area
+    expl = view.explanation
+    scores = expl.node_scores if expl is not None and expl.node_scores is not None and len(expl.node_scores) == n \
+        else None
+    edge_scores = edge_values(g, expl) if expl is not None else None
+    rim, rim_px, order = "#222222", max(1.0, style.font_px * 0.08), np.argsort(-area, kind="stable")
+    texts = [short_label(table, lab) for lab in labels]
+    if scores is not None:  # node size ~ |importance|, rim colour = its sign; the strongest get their score
+        rel = np.abs(scores) / max(float(np.abs(scores).max()), 1e-12)
+        diameter_px = style.font_px * 0.8 + np.sqrt(rel) * cell_w * 0.09
+        rim, rim_px = importance_colours(scores), max(1.5, style.font_px * 0.22)
+        order = np.argsort(-np.abs(scores), kind="stable")
+        for i in order[:3]:
+            texts[i] = f"{texts[i]} {scores[i]:+.2f}"
     # keep the largest node and its label inside the cell: pad the layout by its radius (and a label's height)
     box = ax.get_window_extent(renderer)
     pad = (diameter_px.max() / 2 + style.font_px) / np.array([box.width, box.height]) + 0.02  # (2,) axes fraction
     pos = graph_layout(g, seed=seed)  # (N, 2) in [0.08, 0.92], y down
     pos = pad + (pos - 0.08) / 0.84 * (1 - 2 * pad)
     pairs, boundary = undirected_edges(g)
-    _draw_graph_edges(ax, pos[pairs[:, 0]], pos[pairs[:, 1]], boundary, style.font_px * 0.55, "#6b6b6b",
-                      outline_px=0)
+    if edge_scores is not None:  # edge width ~ |importance|, colour = its sign
+        _draw_graph_edges(ax, pos[pairs[:, 0]], pos[pairs[:, 1]], np.abs(edge_scores), style.font_px * 0.8,
+                          importance_colours(edge_scores), outline_px=0)
+    else:
+        _draw_graph_edges(ax, pos[pairs[:, 0]], pos[pairs[:, 1]], boundary, style.font_px * 0.55, "#6b6b6b",
+                          outline_px=0)
     colours = [hex_colour(table.palette[lab]) if 0 <= lab < len(table) else "#ffffff" for lab in labels]
-    ax.scatter(pos[:, 0], pos[:, 1], s=(diameter_px * style.pt) ** 2, c=colours, edgecolors="#222222",
-               linewidths=max(1.0, style.font_px * 0.08) * style.pt, zorder=5)
+    ax.scatter(pos[:, 0], pos[:, 1], s=(diameter_px * style.pt) ** 2, c=colours, edgecolors=rim,
+               linewidths=rim_px * style.pt, zorder=5)
     centres = ax.transData.transform(pos)
     markers = np.concatenate([centres - diameter_px[:, None] / 4, centres + diameter_px[:, None] / 4], axis=1)
-    _place_labels(ax, renderer, pos, [short_label(table, lab) for lab in labels], np.argsort(-area, kind="stable"),
-                  style.font_pt, markers, outline=max(1.5, style.font_px * 0.2) * style.pt * 1.4)
+    _place_labels(ax, renderer, pos, texts, order, style.font_pt, markers,
+                  outline=max(1.5, style.font_px * 0.2) * style.pt * 1.4)
 
 
 def _row_caption(view: GraphView) -> str:
@@ -224,7 +247,42 @@ def _row_caption(view: GraphView) -> str:
            f"{'ies' if len(pairs) != 1 else 'y'}"
     if view.scene_topk:
         text += "   |   scene: " + "  ·  ".join(f"{name} {p:.0%}" for name, p in view.scene_topk[:5])
+    e = view.explanation
+    if e is not None:
+        top = []  # the two strongest objects and the strongest contact (their scores are not on one scale)
+        if e.node_scores is not None and e.num_nodes:
+            top += [e.node_label(int(i)) for i in e.node_order()[:2] if e.node_scores[i] > 0]
+        if e.edge_scores is not None and len(e.edges):
+            k = int(e.edge_order()[0])
+            if e.edge_scores[k] > 0:
+                top.append(f"{e.node_names[e.edges[k, 0]]}–{e.node_names[e.edges[k, 1]]}")
+        text += f"   |   why {e.scene}: " + (", ".join(top) if top else "see the CAM")
     return text
+
+
+def _draw_streams(ax, streams: dict, style: _Style) -> None:
+    """A small bar chart of the streams' contributions (change in the scene's probability) in the lower left."""
+    items = [(name, float(v)) for name, v in streams.items() if v is not None]
+    if not items:
+        return
+    inset = ax.inset_axes((0.03, 0.03, 0.5, 0.06 + 0.07 * (len(items) + 1)))
+    inset.set_facecolor((1, 1, 1, 0.85))
+    values = np.array([v for _, v in items])
+    span = max(float(np.abs(values).max()), 0.05)
+    # labels on the left (x < -1.15 span), bars around the zero line on the right
+    inset.barh(np.arange(len(items)), values, color=importance_colours(values), height=0.6)
+    inset.axvline(0, color="#555555", lw=0.6)
+    for k, (name, v) in enumerate(items):
+        inset.text(-2.3 * span, k, f"{name} {v:+.2f}", ha="left", va="center", fontsize=style.font_pt * 0.75,
+                   color="#222222")
+    inset.set_xlim(-2.35 * span, 1.1 * span)
+    inset.text(-2.3 * span, -1, "streams: Δp when averaged", ha="left", va="center", fontsize=style.font_pt * 0.7,
+               color="#555555")  # a title row inside the box, readable on any image
+    inset.set_ylim(len(items) - 0.4, -1.6)
+    inset.set_xticks([])
+    inset.set_yticks([])
+    for spine in inset.spines.values():
+        spine.set_color("#c8c8c8")
 
 
 # --------------------------------------------------------------------------------------------------- top level
@@ -282,8 +340,17 @@ def draw_panel(image: np.ndarray, views: GraphView | Sequence[GraphView], *, tit
         y0 = 1 - (top + strip + cell_h) / height  # bottom of the row's cells, figure fraction
         cells = [fig.add_axes(((margin + k * (cell_w + margin)) / width, y0, cell_w / width, cell_h / height))
                  for k in range(3)]
-        cells[0].imshow(img, interpolation="antialiased")
+        e = v.explanation
+        first = cam_overlay(img, e.cam) if e is not None and e.cam is not None else img
+        cells[0].imshow(first, interpolation="antialiased")
         cells[0].set_axis_off()
+        if e is not None:
+            label = f"CAM: {e.scene}" if e.cam is not None else (
+                "no CAM (graph-only model)" if e.streams.get("image") is None else "")
+            cells[0].text(0.02, 0.98, label, transform=cells[0].transAxes, ha="left", va="top",
+                          fontsize=style.font_pt * 0.9, color="white",
+                          path_effects=[patheffects.withStroke(linewidth=2, foreground="#111111")])
+            _draw_streams(cells[0], e.streams, style)
         _draw_overlay_cell(cells[1], renderer, img, v, style, alpha)
         _draw_graph_cell(cells[2], renderer, v, style, cell_w, seed)
         top += strip + cell_h + margin

@@ -6,8 +6,10 @@ A prediction file is JSON (``tools/infer.py`` writes it): the scene graph's own 
 
     {...graph keys..., or "graph": {...},
      "scenes": [{"scene": "abbey", "prob": 0.83}, ...],     # scene top-k, best first (or [["abbey", 0.83], ...])
-     "sem_seg": "ADE_val_00000001_sem.png"}                 # the predicted label map, a path relative to the JSON
+     "sem_seg": "ADE_val_00000001_sem.png",                 # the predicted label map, a path relative to the JSON
                                                             # file; without it, regions are not drawn
+     "explanation": {...}}                                  # tools/infer.py --explain: drawn as importance (the
+                                                            # CAM lives in <stem>_cam.png, not in the JSON)
 
 With a ``region``-granularity graph the node of a pixel is not known from its label alone: the viewer then highlights
 a node's bounding box instead of its region.
@@ -71,6 +73,12 @@ def prediction_view(path: str | Path, image_shape: tuple[int, int], name: str = 
     try:
         graph = SceneGraph.from_json(record.get("graph", record))
         topk = _scene_topk(record)
+        explanation = None
+        if record.get("explanation"):
+            from twostream.explain.explanation import SceneExplanation
+
+            names = [graph.class_table.short_name(int(c)) for c in graph.labels]
+            explanation = SceneExplanation.from_json(record["explanation"], node_names=names)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise DataError(f"{path}: malformed prediction: {e}") from None
     sem = None
@@ -80,7 +88,7 @@ def prediction_view(path: str | Path, image_shape: tuple[int, int], name: str = 
         sem = load_label(sem_path).astype(np.int64)
         if sem.shape != tuple(image_shape):
             sem = resize_labels(sem, image_shape)
-    return GraphView(name, graph, sem, scene_topk=topk)
+    return GraphView(name, graph, sem, scene_topk=topk, explanation=explanation)
 
 
 def annotation_view(path: str | Path, image_shape: tuple[int, int], builder=None,

@@ -27,6 +27,18 @@
     return out;
   }
   function pct(x) { return (100 * x).toFixed(x < 0.01 ? 2 : 1) + " %"; }
+  function signed(x) { return (x >= 0 ? "+" : "") + x.toFixed(3); }
+  function maxAbs(values) {
+    var m = 1e-12;
+    (values || []).forEach(function (x) { m = Math.max(m, Math.abs(x)); });
+    return m;
+  }
+  // importance colour: red for evidence for the explained scene, blue against, towards grey as it shrinks
+  function impColour(x, m) {
+    var t = Math.pow(Math.min(Math.abs(x) / m, 1), 0.7), a = [200, 200, 200];
+    var b = x >= 0 ? [214, 39, 40] : [31, 119, 180];
+    return "rgb(" + a.map(function (c, k) { return Math.round(c + t * (b[k] - c)); }).join(",") + ")";
+  }
 
   function setupView(section, v, vi) {
     // positions are fractions of the image; pixels are reported at the image's size, boundaries at the graph's
@@ -46,6 +58,10 @@
       canvas.width = 1000; canvas.height = Math.max(1, Math.round(1000 * H / W));
     }
     var n = v.nodes.length;
+    var ex = v.explanation;
+    var nodeScores = ex && ex.node_scores, edgeScores = ex && ex.edge_scores;
+    var maxNode = maxAbs(nodeScores), maxEdge = maxAbs(edgeScores);
+    var sizeBy = nodeScores ? "importance" : "area";
     var maxB = 1;
     v.edges.forEach(function (e) { maxB = Math.max(maxB, e[2]); });
 
@@ -71,7 +87,17 @@
       var pad = 40;
       return [pad + p[0] * (GRAPH_W - 2 * pad), pad + p[1] * (GRAPH_H - 2 * pad)];
     }
-    function radius(node) { return 7 + 46 * Math.sqrt(node.area); }
+    function radius(node) {
+      if (sizeBy === "importance") { return 6 + 34 * Math.sqrt(Math.abs(nodeScores[node.id]) / maxNode); }
+      return 7 + 46 * Math.sqrt(node.area);
+    }
+    function nodeNumbers(i) {
+      var parts = [];
+      if (nodeScores) { parts.push("score " + signed(nodeScores[i])); }
+      if (ex && ex.node_occlusion) { parts.push("occlusion Δp " + signed(ex.node_occlusion[i])); }
+      if (ex && ex.node_confidence) { parts.push("confidence " + ex.node_confidence[i].toFixed(2)); }
+      return parts.join(", ");
+    }
     v.edges.forEach(function (e, k) {
       var w = Math.sqrt(e[2] / maxB);
       var a = v.nodes[e[0]], b = v.nodes[e[1]];
@@ -79,6 +105,14 @@
                               x2: b.centroid[0] * iw, y2: b.centroid[1] * ih, "stroke-width": (0.2 + 0.9 * w) * unit},
                      layers.m.edges);
       var lg = svgEl("line", {"class": "edge", "data-edge": k, "stroke-width": 1 + 7 * w}, layers.g.edges);
+      if (edgeScores) {  // width ~ |importance|, colour = its sign; hovering shows the numbers
+        lg.setAttribute("stroke-width", 1.5 + 8 * Math.abs(edgeScores[k]) / maxEdge);
+        lg.style.stroke = impColour(edgeScores[k], maxEdge);
+        var et = svgEl("title", {}, lg);
+        et.textContent = a.short + " – " + b.short + ": score " + signed(edgeScores[k]) +
+          (ex.edge_occlusion ? ", occlusion Δp " + signed(ex.edge_occlusion[k]) : "");
+        lg.dataset.score = String(edgeScores[k]);
+      }
       edgeEls.push([lm, lg]);
     });
     v.nodes.forEach(function (node, i) {
@@ -86,7 +120,12 @@
                                 cy: node.centroid[1] * ih, r: 1.1 * unit, fill: node.color}, layers.m.nodes);
       var cg = svgEl("circle", {"class": "node", "data-node": i, r: radius(node), fill: node.color}, layers.g.nodes);
       var title = svgEl("title", {}, cg);
-      title.textContent = node.name;
+      title.textContent = node.name + (ex ? " — " + nodeNumbers(i) : "");
+      if (nodeScores) {
+        cg.style.stroke = impColour(nodeScores[i], maxNode);
+        cg.style.strokeWidth = "3px";
+        cg.dataset.score = String(nodeScores[i]);
+      }
       // the label goes below its marker, above it near the bottom edge, and leans inwards near the sides
       var cx = node.centroid[0], cy = node.centroid[1];
       var anchor = cx < 0.12 ? "start" : cx > 0.88 ? "end" : "middle";
@@ -102,6 +141,7 @@
     function layout(mode) {
       v.nodes.forEach(function (node, i) {
         var p = graphXY(node, mode);
+        nodeEls[i][1].setAttribute("r", radius(node));
         nodeEls[i][1].setAttribute("cx", p[0]); nodeEls[i][1].setAttribute("cy", p[1]);
         labelEls[i].setAttribute("x", p[0]); labelEls[i].setAttribute("y", p[1]);
       });
@@ -171,6 +211,9 @@
       row("class", node.name.split(";").join(", ") + " (id " + node.label + ", " +
           (node.stuff ? "stuff" : "thing") + ")");
       row("node", "#" + node.id);
+      if (nodeScores) { row("importance", signed(nodeScores[i]) + " (for " + ex.scene + ")"); }
+      if (ex && ex.node_occlusion) { row("occlusion", "Δp " + signed(ex.node_occlusion[i]) + " when removed"); }
+      if (ex && ex.node_confidence) { row("confidence", ex.node_confidence[i].toFixed(2) + " (segmenter)"); }
       row("area", pct(node.area) + " of the image");
       row("centroid", "x " + Math.round(node.centroid[0] * W) + ", y " + Math.round(node.centroid[1] * H) + " px");
       row("bbox", "x " + Math.round(node.bbox[0] * W) + "–" + Math.round(node.bbox[2] * W) + ", y " +
@@ -253,6 +296,16 @@
     }
     var lay = section.querySelector("select.layout");
     if (lay) { lay.addEventListener("change", function () { layout(lay.value); }); }
+    var size = section.querySelector("select.size");
+    if (size) {
+      if (!nodeScores) { size.disabled = true; size.value = "area"; }
+      size.addEventListener("change", function () { sizeBy = size.value; layout(lay ? lay.value : "spring"); });
+    }
+    var cam = section.querySelector("img.cam"), camOpacity = section.querySelector("input.cam-opacity");
+    if (cam && camOpacity) {
+      camOpacity.addEventListener("input", function () { cam.style.opacity = camOpacity.value / 100; });
+      cam.style.opacity = camOpacity.value / 100;
+    }
     var showMarks = section.querySelector("input.show-marks");
     if (showMarks) {
       showMarks.addEventListener("change", function () { marks.style.display = showMarks.checked ? "" : "none"; });

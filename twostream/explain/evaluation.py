@@ -1,0 +1,311 @@
+"""Explanations of a whole split, checked against causes we know: :class:`ExplanationEvaluator`.
+
+It follows the evaluator protocol of the engine (detectron2's ``DatasetEvaluator``): ``reset()``,
+``process(inputs, outputs)`` with the collated batch (``image``, ``scene``, ``name``, ``graph``...) and the model's
+output dict (``logits``, ``graphs`` for online graphs), and ``evaluate()``, which gathers across ranks once and
+returns ``metrics["explanation"]``:
+
+- ``relation_only``: on the synthetic relation-only images (``synthetic.json`` lists them; dining_room: the chair
+  touches the table, living_room: the sofa does; same objects, same areas), the **hit rate**: the share of correctly
+  classified relation-only images whose top-ranked edge is the deciding one (by gradient score, and by occlusion);
+  the same for the **same architecture with random weights** (the randomisation test of Adebayo et al. 2018,
+  "Sanity Checks for Saliency Maps": every parameter re-drawn, the same images and graphs, the true scene
+  explained), which must be far lower; and ``chance``, the mean of ``1 / (undirected edges)`` over those images;
+- ``deletion``: for ``k`` = 1, 2, 3 the mean drop in the explained scene's probability when the ``k`` top-scored
+  nodes are deleted (exactly, as in occlusion) against deleting ``k`` random nodes (mean over 8 draws);
+- ``fidelity``: PyG's ``fidelity`` (GraphFramEx, Amara et al. 2022) of hard top-``k`` node masks: ``fid_plus``, the
+  share of images whose explained-scene decision changes when the top-``k`` nodes' inputs are masked out, and
+  ``fid_minus``, when only they are kept (PyG masks node inputs to zero, it does not delete nodes).
+
+Every image's explanation is written to ``explanations.jsonl`` (one line per image, sorted by name:
+``{"name", "scene_true", "scene_pred", "explanation"}``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from twostream.explain.explainer import PARTS, SceneExplainer
+from twostream.explain.explanation import SceneExplanation
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DELETION_KS", "ExplanationEvaluator", "build_explanation_evaluator", "format_explanation_metrics",
+           "randomized_copy", "relation_only_names"]
+
+DELETION_KS = (1, 2, 3)
+RANDOM_DRAWS = 8
+DECIDING_PARTNER = "table"  # the relation-only scenes differ in which object touches the table
+
+
+def relation_only_names(root: str | Path) -> tuple[set[str], dict[str, str]]:
+    """``(relation-only image stems, {scene: the object that touches the table})`` of a synthetic dataset's
+    ``synthetic.json``; empty for any other dataset."""
+    meta = Path(root) / "synthetic.json"
+    if not meta.is_file():
+        return set(), {}
+    d = json.loads(meta.read_text(encoding="utf-8"))
+    return set(d.get("relation_only", [])), dict(d.get("relation_scenes", {}))
+
+
+def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """The same architecture with every parameter of the classifier re-drawn (``reset_parameters`` of each module,
+    seeded); the segmenter is shared, not copied: the randomised model explains the same graphs."""
+    memo = {id(model.segmenter): model.segmenter} if model.segmenter is not None else {}
+    clone = copy.deepcopy(model, memo)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in ("graph_encoder", "image_encoder", "fusion"):
+            part = getattr(clone, name)
+            if part is not None:
+                for module in part.modules():
+                    if module is not part and hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+                if hasattr(part, "reset_parameters"):
+                    part.reset_parameters()
+        for module in (clone.head_norm, clone.head):
+            module.reset_parameters()
+    return clone.eval()
+
+
+def build_explanation_evaluator(model: nn.Module, scenes: Sequence[str], *, data_root: str | Path, class_table,
+                                stream_means: dict | None, out_dir: str | Path | None,
+                                method: str = "integrated_gradients", seed: int = 0) -> ExplanationEvaluator:
+    """The evaluator ``tools/eval.py --explain`` uses: relation-only images from ``<data_root>/synthetic.json`` (when
+    the dataset is synthetic), ``explanations.jsonl`` in ``out_dir``."""
+    relation, relation_scenes = relation_only_names(data_root)
+    return ExplanationEvaluator(model, scenes, class_table=class_table, stream_means=stream_means, method=method,
+                                relation_only=relation, relation_scenes=relation_scenes, seed=seed,
+                                out_path=Path(out_dir) / "explanations.jsonl" if out_dir is not None else None)
+
+
+def _gather(items: list) -> list:
+    """All ranks' ``items``, concatenated (this rank's alone outside ``torch.distributed``)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+class ExplanationEvaluator:
+    """Explain every image the evaluation loop sees and score the explanations (module docstring).
+
+    Args:
+        model: the trained classifier (in eval mode).
+        scenes: scene names in class order.
+        class_table: the label set of the graphs' nodes.
+        stream_means: the checkpoint's ``"stream_means"`` (``None``: zero baseline).
+        method, steps: attribution method and integration steps (:class:`SceneExplainer`).
+        relation_only: stems of the relation-only images (:func:`relation_only_names`).
+        relation_scenes: ``{scene: object touching the table}`` for those images.
+        random_model: the randomised copy for the randomisation test (default: :func:`randomized_copy`, built when a
+            relation-only image is first met); ``False`` skips the test.
+        out_path: where ``explanations.jsonl`` goes (``None``: not written).
+        ks, draws, seed: deletion sizes, random draws per size, seed of the draws and the randomised weights.
+    """
+
+    def __init__(self, model: nn.Module, scenes: Sequence[str], *, class_table, stream_means: dict | None = None,
+                 method: str = "integrated_gradients", steps: int = 32, relation_only: Iterable[str] = (),
+                 relation_scenes: dict[str, str] | None = None, random_model: nn.Module | bool | None = None,
+                 out_path: str | Path | None = None, ks: Sequence[int] = DELETION_KS, draws: int = RANDOM_DRAWS,
+                 seed: int = 0) -> None:
+        self.model, self.scenes, self.class_table = model, list(scenes), class_table
+        self.explainer = SceneExplainer(model, scenes, class_table=class_table, method=method, steps=steps,
+                                        stream_means=stream_means, parts=PARTS)
+        self.relation_only = set(relation_only)
+        self.relation_scenes = dict(relation_scenes or {})
+        self._random_model = random_model
+        self._random_explainer: SceneExplainer | None = None
+        self.out_path = Path(out_path) if out_path is not None else None
+        self.ks, self.draws, self.seed = tuple(ks), draws, seed
+        self.reset()
+
+    def reset(self) -> None:
+        self._records: list[dict] = []  # what explanations.jsonl gets
+        self._scores: list[dict] = []  # per-image numbers the metrics are computed from
+        self._fidelity: list[dict] = []  # per-batch sums of PyG's fidelity
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    # ------------------------------------------------------------------------------------------------- helpers
+
+    def _random(self) -> SceneExplainer | None:
+        if self._random_model is False:
+            return None
+        if self._random_explainer is None:
+            model = self._random_model if isinstance(self._random_model, nn.Module) else \
+                randomized_copy(self.model, self.seed)
+            self._random_explainer = SceneExplainer(model, self.scenes, class_table=self.class_table,
+                                                    method=self.explainer.method, steps=self.explainer.steps,
+                                                    parts=("graph", "occlusion"))
+        return self._random_explainer
+
+    def _deciding(self, scene: str) -> set[str] | None:
+        toucher = self.relation_scenes.get(scene)
+        return {toucher, DECIDING_PARTNER} if toucher else None
+
+    @staticmethod
+    def _hit(e: SceneExplanation, deciding: set[str], by: str) -> bool | None:
+        values = e.edge_scores if by == "score" else e.edge_occlusion
+        if values is None or len(e.edges) == 0:
+            return False  # no edge ranked: not a hit
+        a, b = e.edges[int(np.argmax(values))]
+        return {e.node_names[a], e.node_names[b]} == deciding
+
+    def _pyg_fidelity(self) -> dict | None:
+        """PyG's fidelity of hard top-k node masks for the last explained batch: ``{k: (fid+, fid-, graphs)}``."""
+        from torch_geometric.explain.metric import fidelity
+
+        last = self.explainer.last
+        att = last.get("attribution")
+        if att is None or att.explanation is None or att.node_scores is None:
+            return None
+        batch, scores = last["batch"], att.node_scores
+        order = torch.argsort(scores, descending=True, stable=True)
+        order = order[torch.argsort(batch.batch[order], stable=True)]  # by graph, then score, highest first
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device) - batch.ptr[batch.batch[order]]
+        out = {}
+        for k in self.ks:
+            expl = copy.copy(att.explanation)
+            expl.node_mask = (rank < k).float()[:, None].expand_as(expl.x).contiguous()
+            if "edge_mask" in expl:
+                del expl.edge_mask
+            plus, minus = fidelity(att.explainer, expl)
+            out[k] = (plus, minus, int(batch.num_graphs))
+        return out
+
+    # ------------------------------------------------------------------------------------------------ protocol
+
+    def process(self, inputs: dict, outputs: dict) -> None:
+        """Explain the batch's images for their predicted scenes (graphs: ``inputs["graph"]``, else the model's own
+        ``outputs["graphs"]``) and keep what :meth:`evaluate` needs."""
+        from twostream.explain.occlusion import deletion_curve
+
+        device = next(self.model.parameters()).device
+        images = inputs["image"].to(device)
+        graphs = inputs.get("graph")
+        if graphs is None and self.model.graph_encoder is not None:
+            graphs = outputs.get("graphs")
+        explanations = self.explainer.explain(images, graphs)
+        last = self.explainer.last
+        fid = self._pyg_fidelity()
+        if fid is not None:
+            self._fidelity.append(fid)
+        names = list(inputs["name"])
+        truth = inputs["scene"].tolist()
+        relation_rows = []
+        for i, (name, e) in enumerate(zip(names, explanations)):
+            true_scene = self.scenes[int(truth[i])]
+            self._records.append({"name": name, "scene_true": true_scene, "scene_pred": e.scene,
+                                  "explanation": e.to_json()})
+            score: dict = {"name": name, "correct": e.scene == true_scene, "scene": true_scene}
+            if e.node_scores is not None and e.num_nodes:
+                data = last["batch"].get_example(i)
+                emb = last["embeddings"]
+                image = emb.select(i) if emb.image_pooled is not None else type(emb)()
+                with torch.no_grad():
+                    top, rand = deletion_curve(self.model, data, image, e.scene_index, e.prob,
+                                               torch.from_numpy(e.node_scores), self.ks, draws=self.draws,
+                                               generator=self._generator)
+                score["deletion_top"], score["deletion_random"] = top, rand
+            deciding = self._deciding(true_scene)
+            if name in self.relation_only and deciding is not None:
+                score["relation"] = {"edges": len(e.edges)}
+                if score["correct"]:
+                    score["relation"].update(hit=self._hit(e, deciding, "score"),
+                                             hit_occlusion=self._hit(e, deciding, "occlusion"))
+                    relation_rows.append(i)
+            self._scores.append(score)
+        random = self._random() if relation_rows else None
+        if random is not None:
+            graph_list = graphs.index_select(relation_rows) if not isinstance(graphs, list) else \
+                [graphs[i] for i in relation_rows]
+            scenes = [int(truth[i]) for i in relation_rows]
+            rand_expl = random.explain(images[relation_rows], graph_list, scene=scenes)
+            for i, e in zip(relation_rows, rand_expl):
+                deciding = self._deciding(self.scenes[int(truth[i])])
+                score = self._scores[len(self._scores) - len(names) + i]
+                score["relation"].update(random_hit=self._hit(e, deciding, "score"),
+                                         random_hit_occlusion=self._hit(e, deciding, "occlusion"))
+
+    def evaluate(self) -> dict:
+        """Gather across ranks, write ``explanations.jsonl`` (main process) and return the metrics."""
+        import torch.distributed as dist
+
+        records, scores, fidelity = _gather(self._records), _gather(self._scores), _gather(self._fidelity)
+        main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+        if self.out_path is not None and main:
+            self.out_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.out_path.open("w", encoding="utf-8") as f:
+                for record in sorted(records, key=lambda r: r["name"]):
+                    f.write(json.dumps(record) + "\n")
+        metrics: dict = {"method": self.explainer._method_text("the image encoder's last stage"),
+                         "num_images": len(scores)}
+        rel = [{**s["relation"], "scene": s["scene"]} for s in scores if "relation" in s]
+        if rel:
+            correct = [r for r in rel if "hit" in r]
+
+            def rate(key: str) -> float | None:
+                return _mean(float(r[key]) for r in correct if key in r) if correct else None
+
+            metrics["relation_only"] = {
+                "num_images": len(rel), "num_correct": len(correct),
+                "hit_rate": rate("hit"), "hit_rate_occlusion": rate("hit_occlusion"),
+                "random_weights_hit_rate": rate("random_hit"),
+                "random_weights_hit_rate_occlusion": rate("random_hit_occlusion"),
+                "hit_rate_by_scene": {scene: _mean(float(r["hit"]) for r in correct if r["scene"] == scene)
+                                      for scene in sorted({r["scene"] for r in correct})},
+                "chance": _mean(1.0 / r["edges"] if r["edges"] else 0.0 for r in correct) if correct else None,
+                "deciding_edges": {s: f"{o}-{DECIDING_PARTNER}" for s, o in self.relation_scenes.items()},
+            }
+        curves = [s for s in scores if "deletion_top" in s]
+        if curves:
+            metrics["deletion"] = {
+                "k": list(self.ks),
+                "top": [_mean(s["deletion_top"][j] for s in curves) for j in range(len(self.ks))],
+                "random": [_mean(s["deletion_random"][j] for s in curves) for j in range(len(self.ks))],
+                "num_images": len(curves),
+            }
+        if fidelity:
+            graphs = {k: sum(f[k][2] for f in fidelity) for k in self.ks}
+            metrics["fidelity"] = {
+                "k": list(self.ks),
+                "fid_plus": [sum(f[k][0] * f[k][2] for f in fidelity) / max(graphs[k], 1) for k in self.ks],
+                "fid_minus": [sum(f[k][1] * f[k][2] for f in fidelity) / max(graphs[k], 1) for k in self.ks],
+                "masking": "PyG node-input masks (zeroed), hard top-k per graph",
+            }
+        return metrics
+
+
+def format_explanation_metrics(m: dict) -> str:
+    """One or two log lines for ``metrics["explanation"]``."""
+    lines = [f"explanations of {m['num_images']} images"]
+    r = m.get("relation_only")
+    if r:
+        def pct(x: float | None) -> str:
+            return "—" if x is None else f"{100 * x:.1f}%"
+        lines.append(f"relation-only: {r['num_correct']}/{r['num_images']} correct; top edge = deciding edge "
+                     f"{pct(r['hit_rate'])} (occlusion {pct(r['hit_rate_occlusion'])}), random weights "
+                     f"{pct(r['random_weights_hit_rate'])}, chance {pct(r['chance'])}")
+    d = m.get("deletion")
+    if d:
+        pairs = ", ".join(f"k={k}: {t:+.3f} vs {r:+.3f}" for k, t, r in zip(d["k"], d["top"], d["random"])
+                          if t is not None and r is not None)
+        lines.append(f"deletion (drop in p, top-k vs random nodes): {pairs}")
+    return "; ".join(lines)
