@@ -180,7 +180,7 @@ class BenchmarkResult:
 
     def loader_notes(self) -> list[str]:
         notes = ["Training batches from the engine's loader (synthetic ADE20K-format images at the training size, "
-                 "training augmentation, scene graphs from a GraphCache), consumed by nothing but the loop; the "
+                 "training augmentation, scene graphs from a GraphStore), consumed by nothing but the loop; the "
                  "rate is steady state after the start-up batches. \"x training step rate\" = batches/s over the "
                  "quickstart model's optimizer steps/s on this device."]
         if not self.device.startswith("cuda"):

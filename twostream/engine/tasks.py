@@ -76,8 +76,13 @@ class ClassificationTask(_Task):
 
     def build_loaders(self) -> Loaders:
         from twostream.data.ade20k import build_datasets
+        from twostream.engine.graph_caches import graphs_only_datasets
 
         cfg = self.cfg
+        stored = graphs_only_datasets(cfg)  # a graph-only model of stored graphs reads no image
+        if stored is not None:
+            train_set, val_set, self.vocabulary, self.class_table = stored
+            return self._loaders(train_set, val_set)
         train_set, val_set, self.vocabulary = build_datasets(cfg)
         if cfg.model.gnn.enabled and cfg.graph.source != "online":
             train_set, val_set = (self._attach_graphs(train_set, cfg.data.train_split),
@@ -91,11 +96,10 @@ class ClassificationTask(_Task):
         builder = SceneGraphBuilder.from_config(cfg.graph, self.class_table)
         if cfg.graph.source == "gt":
             return WithGraphs(dataset, builder=builder)
-        from twostream.graph.cache import GraphCache, default_cache_dir
+        from twostream.engine.graph_caches import open_store
 
-        cache_dir = cfg.graph.cache_dir or default_cache_dir(cfg, split)
-        # settings: a cache built with another granularity/connectivity/... is refused, not silently used
-        return WithGraphs(dataset, cache=GraphCache(cache_dir, settings=builder.settings()))
+        # settings: a store built with another granularity/connectivity/... is refused, not silently used
+        return WithGraphs(dataset, cache=open_store(cfg, split, settings=builder.settings()))
 
     def build_model(self) -> nn.Module:
         from twostream.engine.checkpoint import load_segmenter
@@ -115,7 +119,7 @@ class ClassificationTask(_Task):
         return model
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[Tensor, int]:
-        out = model(batch["image"], batch.get("graph"))
+        out = model(batch.get("image"), batch.get("graph"))  # graphs-only batches carry no image
         loss = F.cross_entropy(out["logits"].float(), batch["scene"], label_smoothing=self.cfg.train.label_smoothing)
         return loss, int(batch["scene"].shape[0])
 
@@ -128,7 +132,7 @@ class ClassificationTask(_Task):
                 continue
             batch = self.to_device(batch, device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(batch["image"], batch.get("graph"))["logits"]
+                logits = model(batch.get("image"), batch.get("graph"))["logits"]
             metrics.update(logits.float(), batch["scene"])
         return metrics.compute()
 
