@@ -15,8 +15,8 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DistInfo", "all_reduce_mean", "barrier", "cleanup", "get_rank", "get_world_size", "init_distributed",
-           "is_main_process", "resolve_device"]
+__all__ = ["DistInfo", "all_reduce_mean", "barrier", "cleanup", "convert_sync_batchnorm", "get_rank", "get_world_size",
+           "init_distributed", "is_main_process", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +102,35 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     if get_world_size() > 1:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def convert_sync_batchnorm(model: torch.nn.Module, mode: str, stage: str, dist_info: DistInfo,
+                           device: torch.device) -> torch.nn.Module:
+    """``train.sync_bn``: under DDP, BatchNorm layers become SyncBatchNorm, so their statistics cover the global
+    batch (``auto``: in the segmentation stage; ``always``; ``never``). One process: ``model`` unchanged.
+
+    timm's converter is used (it also converts its ``BatchNormAct2d``); on CPU (gloo), where torch's SyncBatchNorm
+    refuses to run, the layers become :class:`~twostream.engine.sync_bn.CPUSyncBatchNorm`. Parameters and buffers
+    are the same tensors, so an optimizer built before and the checkpoints' state-dict keys are unaffected.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from twostream.engine.sync_bn import CPUSyncBatchNorm
+
+    if not dist_info.enabled or mode == "never" or (mode == "auto" and stage != "segmentation"):
+        return model
+    count = sum(isinstance(m, _BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm | CPUSyncBatchNorm)
+                for m in model.modules())
+    if not count:
+        return model
+    if device.type == "cpu":
+        from twostream.engine.sync_bn import convert_cpu_sync_batchnorm
+
+        model = convert_cpu_sync_batchnorm(model)
+    else:
+        from timm.layers import convert_sync_batchnorm as timm_convert
+
+        model = timm_convert(model)
+    log.info("train.sync_bn=%s: %d BatchNorm layer(s) synchronised across %d processes", mode, count,
+             dist_info.world_size)
+    return model

@@ -239,6 +239,7 @@ def train(cfg: Config, *, resume: str | None = None, fresh: bool = False) -> dic
         task.save_run_files(run_dir)
         log.info("run folder %s; %d optimizer steps per epoch, %d in all", run_dir, steps_per_epoch, total_steps)
 
+    model = D.convert_sync_batchnorm(model, tcfg.sync_bn, task.stage, dist_info, device)  # train.sync_bn
     train_model: nn.Module = model
     if dist_info.enabled:
         # A trainable segmenter's classifier only feeds an argmax in the classifier stage: it gets no gradient.

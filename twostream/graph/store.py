@@ -243,10 +243,14 @@ class GraphStore:
     def _maps(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
             d = self.store_dir
-            arrays = {Path(f).stem: np.load(d / f, mmap_mode="r", allow_pickle=False) for f in _INDEX_FILES}
+
+            def load(name: str) -> np.ndarray:
+                # a plain ndarray over the map: np.memmap's own __getitem__ costs more than the read itself
+                return np.load(d / name, mmap_mode="r", allow_pickle=False).view(np.ndarray)
+
+            arrays = {Path(f).stem: load(f) for f in _INDEX_FILES}
             for key, spec in self.fields.items():
-                arrays[f"{spec['kind']}.{key}"] = np.load(d / f"{spec['kind']}.{key}.npy", mmap_mode="r",
-                                                          allow_pickle=False)
+                arrays[f"{spec['kind']}.{key}"] = load(f"{spec['kind']}.{key}.npy")
             if arrays["node_ptr"].shape != (len(self) + 1,) or arrays["names"].shape != (len(self),):
                 raise StoreError(f"{d}: the graph store is damaged (index files do not match {MANIFEST}); rebuild "
                                  "it with tools/build_graphs.py")

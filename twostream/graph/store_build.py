@@ -118,18 +118,19 @@ def pack_chunk(names: Sequence[str], scenes: Sequence[str | None], graphs: Seque
             raise ValueError(f"graph store: graph '{name}' has fields {sorted(g)}, the others {sorted(keys)}; every "
                              "graph of a store must carry the same fields")
     for key in keys:
-        kind = field_kind(key, [g[key] for g in graphs], nodes.tolist(), edges.tolist())
-        values = [g[key].detach().cpu().numpy() for g in graphs]
-        if key == "edge_index":
-            values = [v.T for v in values]  # (2, E) -> (E, 2): one graph's edges contiguous in the file
+        values = [g[key] for g in graphs]  # to_tensors() gives detached CPU tensors
+        kind = field_kind(key, values, nodes.tolist(), edges.tolist())
         if kind == "graph":
-            if len({v.shape for v in values}) > 1:
-                raise ValueError(f"graph store: per-graph field '{key}' has shapes {sorted({v.shape for v in values})}"
-                                 "; a per-graph field must have one shape")
-            array = np.stack(values)
+            if len({tuple(v.shape) for v in values}) > 1:
+                raise ValueError(f"graph store: per-graph field '{key}' has shapes "
+                                 f"{sorted({tuple(v.shape) for v in values})}; a per-graph field must have one shape")
+            tensor = torch.stack(values)
+        elif key == "edge_index":
+            tensor = torch.cat(values, dim=1).T  # (2, E) -> (E, 2): one graph's edges contiguous in the file
         else:
-            array = np.concatenate(values)
-        chunk[f"{kind}.{key}"] = np.ascontiguousarray(array)
+            tensor = torch.cat(values)
+        array = np.ascontiguousarray(tensor.cpu().numpy())  # one conversion per field, not per graph
+        chunk[f"{kind}.{key}"] = array
         if array.dtype.kind in "iu":
             chunk[f"range.{key}"] = np.array([array.min(initial=0), array.max(initial=0)], dtype=np.int64)
     return chunk
