@@ -23,13 +23,14 @@ from twostream.data.classes import ClassTable, ade20k150
 from twostream.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from twostream.engine.data import WithGraphs, collate
 from twostream.engine.distributed import resolve_device
+from twostream.engine.graph_caches import graphs_only, store_available, store_items
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GRAPH_SOURCES", "evaluate_checkpoint"]
 
-# Where the classifier's graphs come from during evaluation.
-GRAPH_SOURCES = ("auto", "online", "gt")
+# Where the classifier's graphs come from during evaluation (store: the graph store, no image read).
+GRAPH_SOURCES = ("auto", "online", "gt", "store")
 
 
 def _dataset(cfg: Config, split: str, vocabulary, instances: bool = False):
@@ -39,6 +40,13 @@ def _dataset(cfg: Config, split: str, vocabulary, instances: bool = False):
 
     return ADE20KDataset(cfg.data.root, split, vocabulary, transform=build_transforms(cfg.data, train=False),
                          skip_bad=cfg.data.skip_bad, max_items=cfg.data.max_items, instances=instances)
+
+
+def _store_config(model_cfg: Config, cfg: Config) -> Config:
+    """Where a graph-only model's graphs of ``cfg``'s data are stored: the model's graph settings and segmenter,
+    ``cfg``'s data (and its ``graph.cache_dir`` when set)."""
+    graph = dataclasses.replace(model_cfg.graph, cache_dir=cfg.graph.cache_dir or model_cfg.graph.cache_dir)
+    return dataclasses.replace(model_cfg, data=cfg.data, graph=graph)
 
 
 def _scores_segmentation(class_table: ClassTable) -> bool:
@@ -73,7 +81,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
             is always built from the checkpoint's config, so another architecture cannot slip in.
         split: dataset split; default ``cfg.data.val_split``.
         graphs: classifier only: ``online`` (from its segmenter, as at inference), ``gt`` (from the annotations:
-            the oracle upper bound), ``auto`` (online when the model has a segmenter, else gt).
+            the oracle upper bound), ``store`` (a graph-only model: the split's graph store, no image opened),
+            ``auto`` (store when the model is graph-only and its store exists, else online when the model has a
+            segmenter, else gt).
         out_dir: where ``metrics.json`` and friends go; default ``<run folder>/eval-<split>``.
     """
     from twostream.inference import resolve_checkpoint
@@ -158,10 +168,12 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     vocabulary = SceneVocabulary.from_names(ckpt["vocabulary"])
     m = model_cfg.model
     has_segmenter = m.gnn.enabled and m.segmenter.kind != "none"
+    store_cfg = _store_config(model_cfg, cfg)
     if not m.gnn.enabled:
         graphs = "none"  # an image-only model reads no graphs
     elif graphs == "auto":
-        graphs = "online" if has_segmenter else "gt"
+        graphs = "store" if graphs_only(store_cfg) and store_available(store_cfg, split) else \
+            "online" if has_segmenter else "gt"
     if graphs == "online" and not has_segmenter:
         raise ValueError(f"{path}: this model has no segmenter (model.segmenter.kind={m.segmenter.kind}, "
                          f"gnn enabled={m.gnn.enabled}); evaluate with --graphs gt")
@@ -173,7 +185,10 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     model.to(device).eval()
 
     builder = SceneGraphBuilder.from_config(model_cfg.graph, class_table)
-    dataset = _dataset(cfg, split, vocabulary)
+    if graphs == "store":  # graphs only: the store's graphs and scenes, no image or annotation opened
+        dataset = store_items(store_cfg, split, vocabulary, max_items=cfg.data.max_items)
+    else:
+        dataset = _dataset(cfg, split, vocabulary)
     if graphs == "gt" and m.gnn.enabled:
         dataset = WithGraphs(dataset, builder=builder)
     scenes = SceneMetrics(vocabulary.names, topk=cfg.eval.topk, device=device)
@@ -185,7 +200,8 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
             if batch is None:
                 continue
             given = batch["graph"].to(device) if "graph" in batch else None
-            result = model(batch["image"].to(device), given)
+            images = batch["image"].to(device) if "image" in batch else None  # none from a graph store
+            result = model(images, given)
             scenes.update(result["logits"].float(), batch["scene"].to(device))
             if seg is not None and "sem_logits" in result:
                 pred = result["sem_logits"].argmax(dim=1)

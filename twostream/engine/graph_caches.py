@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["build_split_caches", "build_store_from_json", "checkpoint_identity", "convert_cache", "default_cache_dir",
            "graphs_only", "graphs_only_datasets", "open_store", "segmenter_for_cache", "segmenter_identity",
-           "store_dir"]
+           "store_available", "store_dir", "store_items"]
 
 # --------------------------------------------------------------------------------------------------------------------
 # Identities and folders
@@ -165,6 +165,26 @@ def _store_scenes(cfg: Config, store) -> dict[str, str] | None:
                          "--convert DIR --scenes FILE")
     log.info("%s records no scenes: labels from %s", store.store_dir, path)
     return read_scene_categories(path)
+
+
+def store_available(cfg: Config, split: str) -> bool:
+    """Whether the graph store of ``split`` for ``cfg`` exists and is finished (nothing is raised)."""
+    from twostream.graph.store import is_store
+
+    try:
+        return is_store(store_dir(cfg, split))
+    except (OSError, ValueError):  # e.g. the segmenter checkpoint a pred store is keyed on has moved
+        return False
+
+
+def store_items(cfg: Config, split: str, vocabulary, max_items: int = 0):
+    """``split``'s graphs from its store as a dataset (:class:`~twostream.data.graph_items.StoreGraphs`) with
+    ``vocabulary``'s scene classes: what graphs-only evaluation reads."""
+    from twostream.data.graph_items import StoreGraphs
+    from twostream.graph.builder import shaping_settings
+
+    store = open_store(cfg, split, shaping_settings(cfg.graph))
+    return StoreGraphs(store, vocabulary, scenes=_store_scenes(cfg, store), max_items=max_items)
 
 
 def graphs_only_datasets(cfg: Config):
