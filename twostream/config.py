@@ -420,6 +420,9 @@ def _check_consistency(cfg: Config, source: str) -> None:
         if cfg.train.stage == "segmentation":
             raise ConfigError(f"{source}: train.stage=segmentation needs label maps; data.format={cfg.data.format} "
                               "has none (use ade20k or ade20k_full)")
+    if cfg.data.format == "ade20k_full" and cfg.data.full.labels == "full" and cfg.data.keep_ratio:
+        raise ConfigError(f"{source}: data.keep_ratio pads label maps with 255, a class of the full ADE20K table "
+                          "(data.full.labels=full); set data.keep_ratio=false or data.full.labels=ade150")
     if cfg.data.instances and cfg.data.format != "ade20k":
         raise ConfigError(f"{source}: data.instances reads annotations_instance/ of the ade20k format; "
                           f"data.format is '{cfg.data.format}'")

@@ -84,16 +84,18 @@ class ClassificationTask(_Task):
             train_set, val_set, self.vocabulary, self.class_table = stored
             return self._loaders(train_set, val_set)
         train_set, val_set, self.vocabulary = build_datasets(cfg)
+        if cfg.graph.source == "gt":  # graphs from the annotations: the dataset's label set (full ADE20K: 3,688)
+            self.class_table = getattr(train_set, "class_table", self.class_table)
         if cfg.model.gnn.enabled and cfg.graph.source != "online":
             train_set, val_set = (self._attach_graphs(train_set, cfg.data.train_split),
                                   self._attach_graphs(val_set, cfg.data.val_split))
         return self._loaders(train_set, val_set)
 
     def _attach_graphs(self, dataset, split: str) -> WithGraphs:
-        from twostream.graph.builder import SceneGraphBuilder
+        from twostream.engine.graph_caches import graph_builder
 
         cfg = self.cfg
-        builder = SceneGraphBuilder.from_config(cfg.graph, self.class_table)
+        builder = graph_builder(cfg.graph, self.class_table)
         if cfg.graph.source == "gt":
             return WithGraphs(dataset, builder=builder)
         from twostream.engine.graph_caches import open_store
@@ -168,6 +170,7 @@ class SegmentationTask(_Task):
 
         # Every image with an annotation teaches segmentation; seg configs use data.scenes.mode=all.
         train_set, val_set, self.vocabulary = build_datasets(self.cfg)
+        self.class_table = getattr(train_set, "class_table", self.class_table)  # the annotations' label set
         return self._loaders(train_set, val_set)
 
     def build_model(self) -> nn.Module:
