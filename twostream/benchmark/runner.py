@@ -279,7 +279,7 @@ def run_benchmark(options: BenchmarkOptions, *, work_dir: str | Path | None = No
         with tempfile.TemporaryDirectory(prefix="twostream-store-") as tmp:
             root = Path(work_dir) / "store" if work_dir is not None else Path(tmp)
             root.mkdir(parents=True, exist_ok=True)
-            result.store = bench_store(root, size=opts.store_size, small=min(10_000, opts.store_size // 10),
+            result.store = bench_store(root, size=opts.store_size, small=max(100, opts.store_size // 100),
                                        reads=opts.store_reads, build_graphs=2_000 if opts.ci else 20_000,
                                        budget_s=opts.budget_s * 2, seed=opts.seed)
             log.info("graphs-only epoch against the image-reading epoch")
