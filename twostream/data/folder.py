@@ -56,9 +56,7 @@ class SceneFolderDataset(ImageListDataset):
                                os.path.splitext(e.name)[1].lower() in FOLDER_EXTENSIONS and e.is_file())
             paths += [f"{scene}/{f}" for f in files]
             scene_ids += [k] * len(files)
-        encoded = encode(paths)
-        names = np.strings.rpartition(encoded, b".")[0] if len(encoded) else encoded
         self.root, self.split = root, split
-        super().__init__(split_dir, encoded, names, np.array(scene_ids, dtype=np.int32),
+        super().__init__(split_dir, encode(paths), None, np.array(scene_ids, dtype=np.int32),
                          [s.replace(" ", "_") for s in scene_dirs], vocabulary, transform=transform,
                          skip_bad=skip_bad, max_items=max_items, what=f"folder {split}")

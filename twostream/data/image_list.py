@@ -57,7 +57,8 @@ class ImageListDataset(Dataset):
     Args:
         image_root: the folder the paths are relative to.
         paths: ``(M,)`` bytes, each image's path relative to ``image_root``.
-        names: ``(M,)`` bytes, each item's name (unique; what graph stores and predictions are keyed by).
+        names: ``(M,)`` bytes, each item's name (unique; what graph stores and predictions are keyed by), or
+            ``None``: the path without its extension (derived when asked, so a 1.8 M list keeps one array).
         scene_ids: ``(M,)`` int32 index into ``scene_table``, -1 = no scene known.
         scene_table: the scene names ``scene_ids`` refer to.
         vocabulary: the scene classes; items whose scene has no class (or no scene) are left out. ``None`` keeps
@@ -70,7 +71,7 @@ class ImageListDataset(Dataset):
 
     exif_transpose = True  # photos without label maps are shown upright (a label map would be drawn on stored pixels)
 
-    def __init__(self, image_root: Path, paths: np.ndarray, names: np.ndarray, scene_ids: np.ndarray,
+    def __init__(self, image_root: Path, paths: np.ndarray, names: np.ndarray | None, scene_ids: np.ndarray,
                  scene_table: list[str], vocabulary: SceneVocabulary | None, transform: Any = None,
                  skip_bad: bool = True, max_items: int = 0, what: str = "dataset") -> None:
         if max_items < 0:
@@ -104,7 +105,8 @@ class ImageListDataset(Dataset):
         if not len(index):
             raise DataError(f"{self.image_root}: no usable items in {self.what} ({len(paths)} listed, outside the "
                             f"vocabulary: {self.dropped}, without scene: {self.unlabelled})")
-        self.paths, self._names, self.scene_ids = paths[index], names[index], scene_ids[index]
+        self.paths, self.scene_ids = paths[index], scene_ids[index]
+        self._names = names[index] if names is not None else None
         self.classes = classes[index]
 
     def with_vocabulary(self, vocabulary: SceneVocabulary | None, max_items: int | None = None) -> ImageListDataset:
@@ -124,7 +126,15 @@ class ImageListDataset(Dataset):
 
     @property
     def names(self) -> list[str]:
+        if self._names is None:
+            return decode(np.strings.rpartition(self.paths, b".")[0]) if len(self.paths) else []
         return decode(self._names)
+
+    def name(self, index: int) -> str:
+        """Item ``index``'s name (one entry decoded, no list built)."""
+        if self._names is None:
+            return self.paths[index].decode("utf-8").rpartition(".")[0]
+        return self._names[index].decode("utf-8")
 
     @property
     def scenes(self) -> list[int]:
@@ -166,7 +176,7 @@ class ImageListDataset(Dataset):
         img = inputs[0].as_subclass(torch.Tensor)
         if img.dtype == torch.uint8:
             img = img.float().div_(255.0)
-        item = {"image": img, "scene": int(self.classes[index]), "name": self._names[index].decode("utf-8")}
+        item = {"image": img, "scene": int(self.classes[index]), "name": self.name(index)}
         if label is not None:
             item["sem_seg"] = inputs[1].as_subclass(torch.Tensor).long()
         return item

@@ -150,7 +150,6 @@ class Places365Dataset(ImageListDataset):
         if folder is None or not folder.is_dir():
             raise DataError(f"{root}: no image folder for split '{split}' (looked for "
                             f"{', '.join((image_dir and [image_dir]) or _IMAGE_DIRS[kind])})")
-        names = np.strings.rpartition(paths, b".")[0] if len(paths) else paths  # the path without its extension
         self.root, self.split, self.categories = root, split, categories
-        super().__init__(folder, paths, names, labels.astype(np.int32), categories, vocabulary, transform=transform,
+        super().__init__(folder, paths, None, labels.astype(np.int32), categories, vocabulary, transform=transform,
                          skip_bad=skip_bad, max_items=max_items, what=f"Places365 {split}")
