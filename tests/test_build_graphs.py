@@ -157,7 +157,10 @@ def test_torchrun_two_processes_build_the_one_process_store(small_root, tmp_path
     build_chunks(plan, item_results(dataset, builder, kind="gt"), [0, 2, 4], scene_of=scene_lookup(dataset))
     (plan.chunk_path(1).with_name("chunk-000001.npz.123.tmp")).write_bytes(b"cut short")
     log = _torchrun(*common, "--out", str(tmp_path / "killed"))
-    assert "3 of 5 chunks already built; building the rest" in log
+    import re
+
+    kept = re.search(r"(\d) of 5 chunks already built; building the rest", log)
+    assert kept and int(kept.group(1)) >= 3  # rank 0's three at least (rank 1 may have finished one before it looked)
     assert _files(tmp_path / "killed") == _files(tmp_path / "one")
 
 

@@ -486,12 +486,16 @@ def run_build(plan_fn: Callable[[bool], tuple[BuildPlan, bool]], results: Callab
     else:
         plan, done = plan_fn(False)
 
-        def prepared() -> bool:
-            return (_read_json(plan.store_dir / BUILD_MANIFEST) or {}).get("key") == plan.key or plan_fn(False)[1]
+        def finished() -> bool:
+            existing = _read_json(plan.store_dir / MANIFEST)
+            return existing is not None and _same_graphs(existing, plan.manifest)
+
+        def prepared() -> bool:  # (the plan is not recomputed: its key hashes every item name)
+            return (_read_json(plan.store_dir / BUILD_MANIFEST) or {}).get("key") == plan.key or finished()
 
         if not done:
             _wait(f"rank 0 to prepare {plan.store_dir}", prepared, poll_s)
-            done = plan_fn(False)[1]
+            done = finished()
     if done:
         log.info("graph store %s is complete and current (%d items)", plan.store_dir, plan.num_items)
         return GraphStore(plan.store_dir) if rank == 0 else None
