@@ -43,7 +43,7 @@ def _numbers(text: str) -> list[float]:
 
 def test_ci_report_has_every_row_section_and_target(ci_result):
     report = format_report(ci_result)
-    for section in ("### Inference", "### Training step", "### Data pipeline", "### Targets"):
+    for section in ("### Inference", "### Training step", "### Data pipeline", "### Graph store", "### Targets"):
         assert section in report
     table = report.split("### Inference")[1].split("###")[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
@@ -53,10 +53,12 @@ def test_ci_report_has_every_row_section_and_target(ci_result):
         assert "nan" not in line and "inf" not in line
         assert _numbers(line), line
     targets = report.split("### Targets")[1]
-    for key in ("(a)", "(b)", "(c)"):
+    for key in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)"):
         line = next(ln for ln in targets.splitlines() if ln.startswith(f"| {key}"))
         assert line.rstrip(" |").endswith(("met", "**not met**")), line  # measured, with a verdict
     assert "| 2 | 8 |" in report.split("### Data pipeline")[1]  # the 2-worker loader row at the CI batch size
+    store = report.split("### Graph store")[1].split("###")[0]
+    assert "| shuffled access, 4,000 graphs" in store and "graphs from the gt store, no image opened" in store
 
 
 def test_ci_measurements_are_finite_and_complete(ci_result):
@@ -78,6 +80,10 @@ def test_ci_measurements_are_finite_and_complete(ci_result):
     assert [r.workers for r in ci_result.loader] == [0, 1, 2]
     assert all(r.batches_per_s > 0 and r.startup_s >= 0 for r in ci_result.loader)
     assert all(t.met is not None for t in ci_result.targets)
+    st = ci_result.store
+    assert st.size == 4000 and st.small == 100 and st.store.shuffled > 0 and st.cache.shuffled > 0
+    assert st.store_build_gps > 0 and st.cache_build_gps > 0 and st.store_bytes > 0
+    assert st.epoch_items == 32 and st.epoch_graphs_only_s > 0 and st.epoch_images_s > 0
 
 
 @pytest.mark.parametrize("name", ["swin_gat", "shared_swin_gat", "resnet_sage", "image_only_swin"])
@@ -136,7 +142,7 @@ def test_target_verdicts_from_hand_made_measurements():
             _row("swin_gat", 1, 1.00, {**two, "builder": 0.06, "gnn": 0.05}, baseline="image_only_swin")]  # 11%
     train = TrainStepResult("quickstart", 16, (128, 128), 1, 1, Timing([0.5]))  # 2 steps/s
     loader = [LoaderRow(workers=2, batch=16, startup_s=0.1, batches=3, seconds=1.0)]  # 3 batches/s: 1.5x
-    a, b, c = evaluate_targets(rows, loader, train)
+    a, b, c = evaluate_targets(rows, loader, train)[:3]
     assert a.met is True and "1.25x" in a.measured
     assert b.met is False and "11.0%" in b.measured and "builder" in b.note
     assert c.met is False and "1.5x" in c.measured
@@ -145,6 +151,38 @@ def test_target_verdicts_from_hand_made_measurements():
     a = evaluate_targets(rows, loader, train)[0]
     assert a.met is False and "B=8: 2.00x" in a.measured  # one batch size over the limit misses the target
     assert evaluate_targets([], [], None)[0].met is None
+
+
+def test_store_target_verdicts_from_hand_made_measurements():
+    from twostream.benchmark.store import Access, StoreResult
+
+    def result(shuffled_ms: float, private: float, graphs_s: float) -> StoreResult:
+        return StoreResult(size=1_000_000, small=10_000,
+                           store=Access(shuffled=shuffled_ms / 1e3, private_read_mib=private),
+                           cache=Access(shuffled=4e-3), store_small=Access(private_read_mib=0.1), cache_small=Access(),
+                           epoch_items=128, epoch_graphs_only_s=graphs_s, epoch_images_s=1.0)
+
+    d, e, f = evaluate_targets([], [], None, result(0.05, 0.2, 0.05))[3:]
+    assert d.met is True and "0.050 ms at 1,000,000 graphs" in d.measured and e.met is True and f.met is True
+    d, e, f = evaluate_targets([], [], None, result(0.2, 30.0, 0.2))[3:]
+    assert d.met is False and e.met is False and f.met is False and "5.0x" in f.measured
+    assert all(t.met is None for t in evaluate_targets([], [], None)[3:])
+
+
+def test_synthetic_store_holds_what_the_cache_holds(tmp_path):
+    """The benchmark's two formats are written from the same arrays: every graph reads back equal from both."""
+    from twostream.benchmark.store import synthetic_graphs, write_synthetic_cache, write_synthetic_store
+    from twostream.graph.cache import ShardCache
+    from twostream.graph.store import GraphStore
+
+    graphs = synthetic_graphs(600, seed=3)
+    write_synthetic_store(tmp_path / "s", graphs)
+    write_synthetic_cache(tmp_path / "c", graphs)
+    store, cache = GraphStore(tmp_path / "s"), ShardCache(tmp_path / "c")
+    assert len(store) == len(cache) == 600
+    for name in ("img_00000000", "img_00000255", "img_00000256", "img_00000599"):
+        g = store.get(name).validate()
+        assert g.equal(cache.get(name)) and g.num_edges == 4 * g.num_nodes
 
 
 def test_options_reject_a_size_the_segmenter_cannot_take():

@@ -149,7 +149,7 @@ def test_infer_and_predictor_with_an_exported_segmenter(seg_run, cls_run, tmp_pa
 
 
 def test_build_graphs_with_an_exported_segmenter(seg_run, synthetic_root, tmp_path, capsys):
-    from twostream.graph.cache import GraphCache
+    from twostream.graph.store import GraphStore
 
     cfg = tiny_classifier_config(synthetic_root, tmp_path / "unused", "model.segmenter.kind=upsnet")
     save_config(cfg, tmp_path / "cfg.yaml")
@@ -160,7 +160,7 @@ def test_build_graphs_with_an_exported_segmenter(seg_run, synthetic_root, tmp_pa
                               "--split", "validation", "--out", tmp_path / name, "--workers", "0", "--device", "cpu",
                               "--no-progress", capsys=capsys)
         assert rc == 0, err
-        caches[name] = GraphCache(tmp_path / name)
+        caches[name] = GraphStore(tmp_path / name)
     assert caches["export"].names == caches["run"].names and len(caches["run"].names) == 16
     assert all(caches["export"].get(n).equal(caches["run"].get(n)) for n in caches["run"].names)
 

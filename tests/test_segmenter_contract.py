@@ -119,12 +119,11 @@ def test_identities_come_from_the_config_alone(tmp_path):
     assert segmenter_identity(SegmenterConfig(kind="detectron2", d2_config="zoo/pfpn.yaml")) == "d2:zoo/pfpn.yaml@"
     with pytest.raises(ValueError, match="kind is 'none'"):
         segmenter_identity(SegmenterConfig(kind="none"))
-    # the graph cache's own copy of these rules (until the graph store takes the identity) names the same folders
-    from twostream.graph import cache
+    # the graph store takes this identity as an opaque string; the engine asks the segmenter's class for it
+    from twostream.engine import graph_caches
 
-    if hasattr(cache, "segmenter_identity"):
-        for cfg in (upsnet, hub, local, d2):
-            assert cache.segmenter_identity(cfg) == segmenter_identity(cfg)
+    for cfg in (upsnet, hub, local, d2):
+        assert graph_caches.segmenter_identity(cfg) == segmenter_identity(cfg)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -166,7 +165,8 @@ def test_a_new_kind_is_one_class_plus_one_table_entry(toy_kind, synthetic_root, 
     # and its predictions become a graph cache keyed on its identity
     [cache] = build_split_caches(cfg, source="pred", splits=["validation"], out=tmp_path / "cache", device="cpu",
                                  workers=0, progress=False)
-    assert json.loads((tmp_path / "cache" / "meta.json").read_text())["checkpoint"] == "toy:3"
+    assert json.loads((tmp_path / "cache" / "store.json").read_text())["segmenter"] == "toy:3"
+    assert cache.segmenter == "toy:3"
     from twostream.data.ade20k import ADE20KDataset
     from twostream.data.transforms import build_transforms
 

@@ -73,8 +73,14 @@ def forward_backward(model: TwoStreamClassifier, cfg, graphs=None) -> dict:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_every_config_builds_and_trains_one_step(path):
-    cfg = small_config(path)
+def test_every_config_builds_and_trains_one_step(path, tmp_path_factory):
+    extra = []
+    if load_config(path).model.segmenter.kind == "hf":  # a hub model (configs/places365_*): a tiny local one here
+        pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+        from test_hf_segmenter import HF_ADE20K_NAMES, _save_segformer
+
+        extra = [f"model.segmenter.hf_model={_save_segformer(tmp_path_factory.mktemp('hf'), HF_ADE20K_NAMES)}"]
+    cfg = small_config(path, extra)
     torch.manual_seed(0)
     model = build_model(cfg, num_scenes=S, class_table=TABLE).train()
     online = cfg.graph.source == "online"

@@ -6,10 +6,15 @@ markdown table with the performance targets' verdicts.
     python tools/benchmark.py --quick                 # 128 px, fewer iterations
     python tools/benchmark.py --device cuda --bf16    # on a GPU, bf16 autocast (add --compile for torch.compile)
     python tools/benchmark.py --ci                    # 64 px toy models, seconds: a smoke run, not a measurement
+    python tools/benchmark.py --only store            # the graph store at 1 M graphs vs the old shard cache
 
 On a CPU shared with other work, torch's intra-op threads wait for each other on every small operation (the GNN,
 the fusion, data transforms): compare with --threads 1 before reading much into those stages. --compile is meant for
 GPUs (it runs on a CPU, where it was checked for function only).
+
+The store section writes synthetic graphs (1 M by default: about 1.5 GB for the store and 2.4 GB for the old
+shard cache it is compared with, in a temporary folder) and times random and in-order access, opening, memory and
+building, plus a graphs-only epoch against the same epoch reading images.
 
 Models: swin_gat, vit_gcn, resnet_sage, image_only_swin and shared_swin_gat (plus the image streams of vit_gcn and
 resnet_sage alone, for their ratios), built from configs/ with pretrained=false (no downloads). The explain section
@@ -49,8 +54,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help="inference rows to run (default: all: image_only_swin swin_gat shared_swin_gat "
                         "vit_gcn:image_only vit_gcn resnet_sage:image_only resnet_sage)")
-    p.add_argument("--only", nargs="+", choices=["inference", "train", "loader", "builder", "explain"], default=None,
+    p.add_argument("--only", nargs="+", choices=["inference", "train", "loader", "builder", "store", "explain"],
+                   default=None,
                    help="run only these sections (default: all)")
+    p.add_argument("--store-size", type=int, default=None,
+                   help="graphs in the store section (default: 1000000; 4000 with --ci)")
+    p.add_argument("--store-reads", type=int, default=20_000,
+                   help="graphs read per access measurement of the store section (default: 20000)")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every inference model, e.g. model.segmenter.deformable=false "
                         "(default: none)")
@@ -80,14 +90,15 @@ def main(args: argparse.Namespace) -> int:
                                batch_sizes=tuple(args.batch_sizes), warmup=args.warmup, iters=args.iters,
                                budget_s=args.budget, bf16=args.bf16, compile=args.compile,
                                workers=tuple(args.workers), loader_batches=args.loader_batches,
-                               overrides=tuple(args.opts))
+                               overrides=tuple(args.opts), store_size=args.store_size,
+                               store_reads=args.store_reads)
     unknown = [m for m in args.models or [] if m not in MODELS_BY_NAME]
     if unknown:
         raise ValueError(f"unknown --models {', '.join(unknown)}; choose from: {', '.join(MODELS_BY_NAME)}")
     options.models = tuple(MODELS_BY_NAME[m] for m in args.models) if args.models else DEFAULT_MODELS
     if args.config_dir:
         options.config_dir = Path(args.config_dir)
-    sections = args.only or ("inference", "train", "loader", "builder", "explain")
+    sections = args.only or ("inference", "train", "loader", "builder", "store", "explain")
     report = format_report(run_benchmark(options, sections=sections))
     print(report)
     if args.out:

@@ -33,9 +33,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of that config, e.g. data.root=... data.max_items=100 (default: none)")
     p.add_argument("--split", default=None, help="dataset split (default: data.val_split)")
-    p.add_argument("--graphs", default="auto", choices=["auto", "online", "gt"],
+    p.add_argument("--graphs", default="auto", choices=["auto", "online", "gt", "store"],
                    help="classifier graphs: online = from its segmenter as at inference, gt = from the annotations "
-                        "(oracle), auto = online when the model has a segmenter (default: auto)")
+                        "(oracle), store = a graph-only model's graph store (no image read), auto = store when the "
+                        "model is graph-only and its store exists, else online when the model has a segmenter "
+                        "(default: auto)")
     p.add_argument("--subset", action="append", default=[], metavar="NAME=FILE",
                    help="also score the images FILE lists (one stem per line) as subset NAME; repeatable (default: "
                         "only the lists of the dataset's synthetic.json)")

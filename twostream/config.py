@@ -39,6 +39,7 @@ import yaml
 
 __all__ = [
     "SEGMENTER_ARCHITECTURE",
+    "ADE20KFullConfig",
     "AugmentConfig",
     "Config",
     "ConfigError",
@@ -96,10 +97,24 @@ class AugmentConfig:
 
 
 @dataclass
+class ADE20KFullConfig:
+    """data.format ade20k_full: how the full ADE20K release (3,688 classes, a scene path per image) is read."""
+
+    labels: Literal["full", "ade150"] = "full"  # the 3,688-class table from the JSONs, or mapped to ADE20K-150
+    scene_level: int = -1  # which element of the scene path (["outdoor", "urban", "street"]) is the scene; -1 = leaf
+    label_map: str = ""  # labels ade150: a mapFromADE.txt-style file ("<150 id> <full index>") instead of names
+
+
+@dataclass
 class DataConfig:
-    """Where the ADEChallengeData2016-layout dataset lives and how items are prepared."""
+    """Where the dataset lives, how it is laid out and how items are prepared."""
 
     root: str = "datasets/ADEChallengeData2016"  # folder holding images/, annotations/, sceneCategories.txt
+    # The reader of data.root: ade20k (ADEChallengeData2016), ade20k_full (the 2021 release: per-image JSON and
+    # RGB-coded _seg.png), places365 (Places365-Standard file lists; no label maps, so graphs come from a segmenter),
+    # folder (root/<split>/<scene>/*.jpg, your own photographs; no label maps). docs/scale.md describes each.
+    format: Literal["ade20k", "ade20k_full", "places365", "folder"] = "ade20k"
+    full: ADE20KFullConfig = field(default_factory=ADE20KFullConfig)
     train_split: str = "training"
     val_split: str = "validation"
     image_size: tuple[int, int] = (224, 224)  # (H, W) the model sees; both divisible by 32 for the segmenter
@@ -136,7 +151,9 @@ class GraphConfig:
     # gt: graphs from annotations (an oracle upper bound); pred: graphs cached from a trained segmenter's predictions
     # (tools/build_graphs.py); online: the segmenter runs inside the model every step (needed for shared_backbone).
     source: Literal["gt", "pred", "online"] = "pred"
-    cache_dir: str = ""  # where cached graphs live; "" = <data.root>/graphs/<split>-<source>-<settings hash>
+    # The graph store's folder; "" = <data.root>/graphs/<split>-<source>-<settings hash>. "{split}" in it is replaced
+    # by the split's name (graphs/{split}), so one value serves training and validation.
+    cache_dir: str = ""
     pool_features: bool = False  # online only: node features pooled from the segmenter's feature map
 
 
@@ -250,6 +267,10 @@ class TrainConfig:
     # classifier stage: at the end, each stream's mean embedding over this many training images is stored in best.pth
     # and last.pth ("stream_means"), the baseline of explanations' stream contributions; 0 = none (zero baseline)
     stream_means_images: int = 2048
+    # SyncBatchNorm under DDP: BatchNorm statistics over the global batch, not each GPU's few images (UPSNet's ResNet
+    # at 2 images per GPU). auto: in the segmentation stage; always: in every stage (a ResNet image encoder too);
+    # never. One process: nothing to sync, BatchNorm stays.
+    sync_bn: Literal["auto", "always", "never"] = "auto"
 
 
 @dataclass
@@ -415,6 +436,19 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if graph_on and m.segmenter.kind == "none" and cfg.graph.source != "gt":
         raise ConfigError(f"{source}: model.segmenter.kind is 'none' so graphs can only come from annotations; "
                           f"set graph.source=gt (got '{cfg.graph.source}')")
+    if cfg.data.format in ("places365", "folder"):
+        if graph_on and cfg.graph.source == "gt":
+            raise ConfigError(f"{source}: data.format={cfg.data.format} has no label maps, so there are no "
+                              "ground-truth graphs; set graph.source=pred (graphs from a segmenter's store) or online")
+        if cfg.train.stage == "segmentation":
+            raise ConfigError(f"{source}: train.stage=segmentation needs label maps; data.format={cfg.data.format} "
+                              "has none (use ade20k or ade20k_full)")
+    if cfg.data.format == "ade20k_full" and cfg.data.full.labels == "full" and cfg.data.keep_ratio:
+        raise ConfigError(f"{source}: data.keep_ratio pads label maps with 255, a class of the full ADE20K table "
+                          "(data.full.labels=full); set data.keep_ratio=false or data.full.labels=ade150")
+    if cfg.data.instances and cfg.data.format != "ade20k":
+        raise ConfigError(f"{source}: data.instances reads annotations_instance/ of the ade20k format; "
+                          f"data.format is '{cfg.data.format}'")
     if cfg.graph.pool_features and cfg.graph.source != "online":
         raise ConfigError(f"{source}: graph.pool_features needs graph.source=online, got '{cfg.graph.source}'")
     if cfg.train.stage == "classifier" and m.segmenter.trainable and graph_on and cfg.graph.source != "online":

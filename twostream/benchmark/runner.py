@@ -24,6 +24,7 @@ import torch
 from twostream.benchmark.explain import ExplainRow, bench_explain
 from twostream.benchmark.inference import DEFAULT_MODELS, InferenceRow, ModelSpec, bench_inference
 from twostream.benchmark.report import Target, evaluate_targets
+from twostream.benchmark.store import StoreResult, bench_graphs_only_epoch, bench_store
 from twostream.benchmark.training import (
     LoaderRow,
     TrainStepResult,
@@ -39,6 +40,8 @@ __all__ = ["REPO", "BenchmarkOptions", "BenchmarkResult", "run_benchmark"]
 REPO = Path(__file__).resolve().parents[2]  # the checkout: configs/ and benchmarks/ live beside the package
 QUICK_SIZE = 128
 CI_SIZE = 64
+STORE_SIZE = 1_000_000  # graphs in the store section: Places365-Standard's 1.8 M training images, rounded down
+CI_STORE_SIZE = 4_000
 
 
 @dataclass
@@ -57,6 +60,8 @@ class BenchmarkOptions:
         bf16: bf16 autocast. compile: ``torch.compile`` the dense modules (:func:`compile_dense`).
         workers: loader worker counts. loader_batches: timed batches per loader measurement.
         builder_table: also run ``benchmarks/graph_builder.py``'s ``run`` (when the checkout has it).
+        store_size: graphs in the store section (default 1 M; 4,000 with ``ci``); store_reads: graphs read per
+            access measurement.
         config_dir: where the YAML configs are. models: the inference rows. seed: weights, images and data.
         overrides: ``key=value`` config overrides for every inference model (what-ifs such as
             ``model.segmenter.deformable=false``).
@@ -80,6 +85,8 @@ class BenchmarkOptions:
     models: tuple[ModelSpec, ...] = DEFAULT_MODELS
     seed: int = 0
     overrides: tuple[str, ...] = ()
+    store_size: int | None = None
+    store_reads: int = 20_000
 
     def resolved(self) -> BenchmarkOptions:
         """The options with ``quick`` / ``ci`` applied and checked; raises ValueError naming a bad value."""
@@ -94,6 +101,13 @@ class BenchmarkOptions:
                                        loader_batches=min(opts.loader_batches, 6))
         if opts.compile:
             opts = dataclasses.replace(opts, warmup=max(opts.warmup, 2))  # the first call compiles
+        if opts.store_size is None:
+            opts = dataclasses.replace(opts, store_size=CI_STORE_SIZE if opts.ci else STORE_SIZE)
+        if opts.ci:
+            opts = dataclasses.replace(opts, store_reads=min(opts.store_reads, 1000))
+        if opts.store_size < 100 or opts.store_reads < 50:
+            raise ValueError(f"benchmark: --store-size must be at least 100 graphs (got {opts.store_size}) and "
+                             f"store reads at least 50 (got {opts.store_reads})")
         if opts.size is not None and (opts.size <= 0 or opts.size % 32):
             raise ValueError(f"benchmark: --size {opts.size} must be a positive multiple of 32 (the segmenter's "
                              "pyramid goes to stride 32)")
@@ -129,6 +143,7 @@ class BenchmarkResult:
     loader: list[LoaderRow] = field(default_factory=list)
     builder_table: str = ""
     explain: ExplainRow | None = None
+    store: StoreResult | None = None
     targets: list[Target] = field(default_factory=list)
 
     @property
@@ -183,7 +198,7 @@ class BenchmarkResult:
 
     def loader_notes(self) -> list[str]:
         notes = ["Training batches from the engine's loader (synthetic ADE20K-format images at the training size, "
-                 "training augmentation, scene graphs from a GraphCache), consumed by nothing but the loop; the "
+                 "training augmentation, scene graphs from a GraphStore), consumed by nothing but the loop; the "
                  "rate is steady state after the start-up batches. \"x training step rate\" = batches/s over the "
                  "quickstart model's optimizer steps/s on this device."]
         if not self.device.startswith("cuda"):
@@ -224,12 +239,12 @@ def _loadavg() -> tuple[float, float, float] | None:
 
 
 def run_benchmark(options: BenchmarkOptions, *, work_dir: str | Path | None = None,
-                  sections: Sequence[str] = ("inference", "train", "loader", "builder", "explain")
+                  sections: Sequence[str] = ("inference", "train", "loader", "builder", "store", "explain")
                   ) -> BenchmarkResult:
     """Run the benchmark ``options`` describe; generated data goes to ``work_dir`` (default: a temporary folder).
 
-    ``sections`` picks parts of the run (``inference``, ``train``, ``loader``, ``builder``, ``explain``); targets
-    whose measurements were skipped read "not measured".
+    ``sections`` picks parts of the run (``inference``, ``train``, ``loader``, ``builder``, ``store``, ``explain``);
+    targets whose measurements were skipped read "not measured".
     """
     opts = options.resolved()
     device = torch.device(opts.device)
@@ -264,6 +279,17 @@ def run_benchmark(options: BenchmarkOptions, *, work_dir: str | Path | None = No
         log.info("graph builder alone")
         sizes = sorted({r.image_size[0] for r in result.inference}) or [opts.size or 224]
         result.builder_table = _graph_builder_table(sizes[-1], opts.ci)
+    if "store" in sections:
+        with tempfile.TemporaryDirectory(prefix="twostream-store-") as tmp:
+            root = Path(work_dir) / "store" if work_dir is not None else Path(tmp)
+            root.mkdir(parents=True, exist_ok=True)
+            result.store = bench_store(root, size=opts.store_size, small=max(100, opts.store_size // 100),
+                                       reads=opts.store_reads, build_graphs=2_000 if opts.ci else 20_000,
+                                       budget_s=opts.budget_s * 2, seed=opts.seed)
+            log.info("graphs-only epoch against the image-reading epoch")
+            epoch = bench_graphs_only_epoch(root, opts.config_dir, size=opts.size, ci=opts.ci, seed=opts.seed,
+                                            per_scene=4 if opts.ci else 16)
+            result.store.epoch_items, result.store.epoch_graphs_only_s, result.store.epoch_images_s = epoch
     if "explain" in sections:
         log.info("one image explained by quickstart")
         result.explain = bench_explain(opts.config_dir, device, size=opts.size, ci=opts.ci, warmup=opts.warmup,
@@ -271,7 +297,7 @@ def run_benchmark(options: BenchmarkOptions, *, work_dir: str | Path | None = No
                                        seed=opts.seed)
     result.load_end = _loadavg()
     result.memory_method = result.memory_method or "not measured (no inference run)"
-    result.targets = evaluate_targets(result.inference, result.loader, result.train)
+    result.targets = evaluate_targets(result.inference, result.loader, result.train, result.store)
     return result
 
 

@@ -1,9 +1,9 @@
 """Training-side throughput: the classifier's optimizer step and the data loader that feeds it.
 
 The data is what a staged run reads: a synthetic ADE20K-format set generated at the benchmark size
-(:func:`~twostream.data.synthetic.make_synthetic`), its scene graphs cached once (:func:`build_graph_cache`; built
-from the annotations, the same cache format a trained segmenter's ``pred`` graphs use), opened with the training
-transforms (``build_datasets``), graphs attached from the cache (``WithGraphs`` + ``GraphCache``, as the classifier
+(:func:`~twostream.data.synthetic.make_synthetic`), its scene graphs stored once (:func:`build_graph_store`; built
+from the annotations, the same store format a trained segmenter's ``pred`` graphs use), opened with the training
+transforms (``build_datasets``), graphs attached from the store (``WithGraphs`` + ``GraphStore``, as the classifier
 task does) and batched by the engine's own ``make_loaders``.
 
 - Training step: ``ClassificationTask.loss`` (forward with the cached graphs, cross-entropy), backward, gradient
@@ -84,7 +84,7 @@ class LoaderRow:
 
 def prepare_training_data(root: Path, config_dir: Path, *, size: int | None, ci: bool, loader_batches: int,
                           workers: Sequence[int], seed: int = 0, batch_size: int | None = None) -> Config:
-    """Generate the synthetic set and its graph cache under ``root``; return the quickstart config reading them.
+    """Generate the synthetic set and its graph store under ``root``; return the quickstart config reading them.
 
     Enough training images are drawn for the largest worker count: the prefetched start-up batches plus
     ``loader_batches`` timed ones.
@@ -93,7 +93,7 @@ def prepare_training_data(root: Path, config_dir: Path, *, size: int | None, ci:
     from twostream.data.synthetic import SCENES, make_synthetic
     from twostream.data.transforms import build_transforms
     from twostream.graph.builder import SceneGraphBuilder
-    from twostream.graph.cache import build_graph_cache
+    from twostream.graph.store_build import build_graph_store
 
     data_root, cache_dir = root / "synthetic", root / "graphs-training"
     extra = [f"data.root={data_root}", f"graph.cache_dir={cache_dir}", "graph.source=pred",
@@ -110,20 +110,20 @@ def prepare_training_data(root: Path, config_dir: Path, *, size: int | None, ci:
     builder = SceneGraphBuilder.from_config(cfg.graph)
     dataset = ADE20KDataset(data_root, cfg.data.train_split, vocabulary=None,
                             transform=build_transforms(cfg.data, train=False))
-    build_graph_cache(cache_dir, dataset, builder, kind="gt", progress=False)
+    build_graph_store(cache_dir, dataset, builder, kind="gt", progress=False)
     return cfg
 
 
 def _train_dataset(cfg: Config):
-    """The training split with graphs from the cache: what the classifier task's loader reads."""
+    """The training split with graphs from the store: what the classifier task's loader reads."""
     from twostream.data.ade20k import build_datasets
     from twostream.engine.data import WithGraphs
     from twostream.graph.builder import SceneGraphBuilder
-    from twostream.graph.cache import GraphCache
+    from twostream.graph.store import GraphStore
 
     train_set, val_set, _ = build_datasets(cfg)
     settings = SceneGraphBuilder.from_config(cfg.graph).settings()
-    return WithGraphs(train_set, cache=GraphCache(cfg.graph.cache_dir, settings=settings)), val_set
+    return WithGraphs(train_set, cache=GraphStore(cfg.graph.cache_dir, settings=settings)), val_set
 
 
 def _loader(cfg: Config, workers: int, seed: int):

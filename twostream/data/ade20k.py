@@ -22,6 +22,7 @@ like any other (a ``DataError`` naming the file; ``skip_bad`` applies).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from twostream.data.io import DataError, load_image, load_label, read_instances,
 from twostream.data.transforms import InstanceMasks, build_transforms, instance_targets
 from twostream.data.vocabulary import SceneVocabulary, build_vocabulary
 
-__all__ = ["IMAGE_EXTENSIONS", "INSTANCE_DIR", "ADE20KDataset", "build_datasets", "list_split",
+__all__ = ["IMAGE_EXTENSIONS", "INSTANCE_DIR", "ADE20KDataset", "build_datasets", "list_split", "open_dataset",
            "read_checked_instances", "scene_file"]
 
 log = logging.getLogger(__name__)
@@ -340,16 +341,58 @@ def _warn_unknown_scene_lines(root: Path, scenes: dict[str, str], splits: list[s
     return unknown
 
 
-def build_datasets(cfg: Config) -> tuple[ADE20KDataset, ADE20KDataset, SceneVocabulary]:
+def open_dataset(cfg: Config, split: str, vocabulary: SceneVocabulary | None, transform: Transform | None = None):
+    """``split`` of ``cfg.data.root`` read by the reader ``cfg.data.format`` names, in the data contract."""
+    d = cfg.data
+    common = {"vocabulary": vocabulary, "transform": transform, "skip_bad": d.skip_bad, "max_items": d.max_items}
+    if d.format == "ade20k":
+        return ADE20KDataset(d.root, split, instances=d.instances, **common)
+    if d.format == "ade20k_full":
+        from twostream.data.ade20k_full import ADE20KFullDataset
+
+        return ADE20KFullDataset(d.root, split, labels=d.full.labels, scene_level=d.full.scene_level,
+                                 label_map=d.full.label_map, workers=d.num_workers, **common)
+    if d.format == "places365":
+        from twostream.data.places365 import Places365Dataset
+
+        return Places365Dataset(d.root, split, **common)
+    if d.format == "folder":
+        from twostream.data.folder import SceneFolderDataset
+
+        return SceneFolderDataset(d.root, split, **common)
+    raise ValueError(f"data.format '{d.format}' is not one of ade20k, ade20k_full, places365, folder")
+
+
+def _build_list_datasets(cfg: Config) -> tuple[Any, Any, SceneVocabulary]:
+    """:func:`build_datasets` for the list readers (every format but ade20k): the vocabulary comes from the scene
+    names of the whole training split, which opening its list already gave (no second pass over the files)."""
+    d = cfg.data
+    every = dataclasses.replace(cfg, data=dataclasses.replace(d, max_items=0))
+    train_all = open_dataset(every, d.train_split, None, build_transforms(d, train=True))
+    val_all = open_dataset(every, d.val_split, None, build_transforms(d, train=False))
+    train_scenes = train_all.raw_scenes()
+    vocabulary = build_vocabulary(d.scenes, train_scenes)
+    log.info("scene vocabulary (%s, unlisted: %s): %d classes\n%s", d.scenes.mode, d.scenes.unlisted, len(vocabulary),
+             vocabulary.table({d.train_split: train_scenes, d.val_split: val_all.raw_scenes()}))
+    train = train_all.with_vocabulary(vocabulary, max_items=d.max_items)
+    val = val_all.with_vocabulary(vocabulary, max_items=d.max_items)
+    log.info("opened %s (%s): %d training and %d validation items", d.root, d.format, len(train), len(val))
+    return train, val, vocabulary
+
+
+def build_datasets(cfg: Config) -> tuple[Any, Any, SceneVocabulary]:
     """Open the training and validation splits of ``cfg.data.root`` with the vocabulary ``cfg.data.scenes`` picks.
 
-    The vocabulary is chosen from the scenes of the images in ``images/<train_split>``; a table of images per class
-    and split is logged. Save ``vocabulary.save(run_dir / "vocabulary.json")`` beside the checkpoints.
+    The reader is ``cfg.data.format``'s (:func:`open_dataset`). The vocabulary is chosen from the scenes of the
+    training split's images; a table of images per class and split is logged. Save
+    ``vocabulary.save(run_dir / "vocabulary.json")`` beside the checkpoints.
 
     Returns:
         ``(train_dataset, val_dataset, vocabulary)``, training with ``build_transforms(train=True)``.
     """
     d = cfg.data
+    if d.format != "ade20k":
+        return _build_list_datasets(cfg)
     root = Path(d.root)
     list_split(root, d.train_split)  # fail early, with the folder's name, before reading anything else
     list_split(root, d.val_split)

@@ -3,7 +3,7 @@ augmentation seeds, collation.
 
 Where graphs come from is ``cfg.graph.source``:
   - ``gt``: built in the loader workers from each item's (augmented) annotation — an oracle upper bound;
-  - ``pred``: read from the cache ``tools/build_graphs.py`` wrote with a trained segmenter (built from the
+  - ``pred``: read from the graph store ``tools/build_graphs.py`` wrote with a trained segmenter (built from the
     un-augmented image: a crop or flip of the image does not change its cached graph);
   - ``online``: not loaded at all; the model segments each batch and builds graphs itself.
 
@@ -40,7 +40,7 @@ class WithGraphs(Dataset):
     Args:
         dataset: yields dicts with ``"sem_seg" (H, W)`` and ``"name"``.
         builder: a ``SceneGraphBuilder``; used when ``cache`` is ``None`` (graphs from the item's annotation).
-        cache: a ``GraphCache``; graphs are looked up by the item's name.
+        cache: a ``GraphStore``; graphs are looked up by the item's name.
     """
 
     def __init__(self, dataset: Dataset, builder=None, cache=None) -> None:

@@ -18,8 +18,8 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 __all__ = ["DEVICES", "DistInfo", "all_gather_object", "all_reduce_max", "all_reduce_mean", "all_reduce_sum", "barrier",
-           "broadcast_object", "cleanup", "get_rank", "get_world_size", "init_distributed", "is_main_process",
-           "resolve_device"]
+           "broadcast_object", "cleanup", "convert_sync_batchnorm", "get_rank", "get_world_size", "init_distributed",
+           "is_main_process", "resolve_device"]
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
@@ -151,3 +151,35 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def convert_sync_batchnorm(model: torch.nn.Module, mode: str, stage: str, dist_info: DistInfo,
+                           device: torch.device) -> torch.nn.Module:
+    """``train.sync_bn``: under DDP, BatchNorm layers become SyncBatchNorm, so their statistics cover the global
+    batch (``auto``: in the segmentation stage; ``always``; ``never``). One process: ``model`` unchanged.
+
+    timm's converter is used (it also converts its ``BatchNormAct2d``); on CPU (gloo), where torch's SyncBatchNorm
+    refuses to run, the layers become :class:`~twostream.engine.sync_bn.CPUSyncBatchNorm`. Parameters and buffers
+    are the same tensors, so an optimizer built before and the checkpoints' state-dict keys are unaffected.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from twostream.engine.sync_bn import CPUSyncBatchNorm
+
+    if not dist_info.enabled or mode == "never" or (mode == "auto" and stage != "segmentation"):
+        return model
+    count = sum(isinstance(m, _BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm | CPUSyncBatchNorm)
+                for m in model.modules())
+    if not count:
+        return model
+    if device.type == "cpu":
+        from twostream.engine.sync_bn import convert_cpu_sync_batchnorm
+
+        model = convert_cpu_sync_batchnorm(model)
+    else:
+        from timm.layers import convert_sync_batchnorm as timm_convert
+
+        model = timm_convert(model)
+    log.info("train.sync_bn=%s: %d BatchNorm layer(s) synchronised across %d processes", mode, count,
+             dist_info.world_size)
+    return model

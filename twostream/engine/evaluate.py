@@ -47,13 +47,14 @@ from twostream.engine.evaluators import (
     save_confusion_png,
     write_metrics_json,
 )
+from twostream.engine.graph_caches import graphs_only, store_available, store_items
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GRAPH_SOURCES", "evaluate_checkpoint"]
 
-# Where the classifier's graphs come from during evaluation.
-GRAPH_SOURCES = ("auto", "online", "gt")
+# Where the classifier's graphs come from during evaluation (store: the graph store, no image read).
+GRAPH_SOURCES = ("auto", "online", "gt", "store")
 
 
 def _dataset(cfg: Config, split: str, vocabulary, instances: bool = False):
@@ -66,22 +67,40 @@ def _dataset(cfg: Config, split: str, vocabulary, instances: bool = False):
 
 
 def _split_loader(cfg: Config, split: str, *, vocabulary=None, gt_graphs=None, instances: bool = False,
-                  batch_size: int | None = None):
+                  batch_size: int | None = None, store_cfg: Config | None = None):
     """What the evaluation reads, in order: the split's items (with ``gt_graphs``, a ``SceneGraphBuilder``, each item
-    also carries the graph of its annotation; with ``instances``, its instance masks), batched."""
-    dataset = _dataset(cfg, split, vocabulary, instances=instances)
+    also carries the graph of its annotation; with ``instances``, its instance masks), batched. With ``store_cfg``
+    (a graph-only model, ``--graphs store``) the items are the split's graph store's graphs and scenes: no image or
+    annotation is opened."""
+    if store_cfg is not None:
+        dataset = store_items(store_cfg, split, vocabulary, max_items=cfg.data.max_items)
+    else:
+        dataset = _dataset(cfg, split, vocabulary, instances=instances)
     if gt_graphs is not None:
         dataset = WithGraphs(dataset, builder=gt_graphs)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, shuffle=False,
                                        num_workers=cfg.data.num_workers, collate_fn=collate)
 
 
-def _split_stems(cfg: Config, split: str) -> list[str]:
+def _split_stems(cfg: Config, split: str, store_cfg: Config | None = None) -> list[str]:
     """Every image stem of the split (before the vocabulary, ``max_items`` or unreadable files leave some out): what
-    subset files are checked against. It reads what :func:`_split_loader` reads, so the two change together."""
+    subset files are checked against. It reads what :func:`_split_loader` reads (the graph store's names with
+    ``store_cfg``), so the two change together."""
     from twostream.data.ade20k import list_split
 
+    if store_cfg is not None:
+        from twostream.engine.graph_caches import open_store
+
+        return list(open_store(store_cfg, split).names)
+
     return [stem for stem, _, _ in list_split(cfg.data.root, split)[0]]
+
+
+def _store_config(model_cfg: Config, cfg: Config) -> Config:
+    """Where a graph-only model's graphs of ``cfg``'s data are stored: the model's graph settings and segmenter,
+    ``cfg``'s data (and its ``graph.cache_dir`` when set)."""
+    graph = dataclasses.replace(model_cfg.graph, cache_dir=cfg.graph.cache_dir or model_cfg.graph.cache_dir)
+    return dataclasses.replace(model_cfg, data=cfg.data, graph=graph)
 
 
 def _scores_segmentation(class_table: ClassTable) -> bool:
@@ -106,7 +125,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
             is always built from the checkpoint's config, so another architecture cannot slip in.
         split: dataset split; default ``cfg.data.val_split``.
         graphs: classifier only: ``online`` (from its segmenter, as at inference), ``gt`` (from the annotations:
-            the oracle upper bound), ``auto`` (online when the model has a segmenter, else gt).
+            the oracle upper bound), ``store`` (a graph-only model: the split's graph store, no image opened),
+            ``auto`` (store when the model is graph-only and its store exists, else online when the model has a
+            segmenter, else gt).
         out_dir: where ``metrics.json`` and friends go; default ``<run folder>/eval-<split>``.
         subsets: classifier only: ``{name: file}`` (or pairs) of image-stem lists scored beside the whole split, in
             addition to the lists of the dataset's ``synthetic.json`` (:mod:`twostream.engine.evaluators.subsets`).
@@ -130,10 +151,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
             raise ValueError(f"{path}: --explain explains a scene classifier; this is a segmentation checkpoint")
         metrics = _evaluate_segmenter(path, cfg, model_cfg, split, class_table, dev, batch_size)
     elif ckpt.get("stage") == "classifier":
-        named = read_subsets(cfg.data.root, split, lambda: _split_stems(cfg, split), subsets)
         explain_with = explain_method if explain else None
         metrics = _evaluate_classifier(ckpt, path, cfg, model_cfg, split, class_table, graphs, dev, batch_size, out,
-                                       named, explain_with)
+                                       subsets, explain_with)
     else:
         raise CheckpointError(f"{path}: unknown stage {ckpt.get('stage')!r}")
     metrics.update(checkpoint=str(path), split=split, step=int(ckpt.get("step", 0)))
@@ -174,7 +194,8 @@ def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, 
 
 def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config, split: str,
                          class_table: ClassTable, graphs: str, device: torch.device, batch_size: int | None,
-                         out: Path, subsets: dict[str, list[str]], explain_method: str | None = None) -> dict:
+                         out: Path, subsets: Mapping[str, str | Path] | Sequence[tuple[str, str | Path]],
+                         explain_method: str | None = None) -> dict:
     from twostream.data.vocabulary import SceneVocabulary
     from twostream.graph.builder import SceneGraphBuilder
     from twostream.models.two_stream import build_model
@@ -182,10 +203,12 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     vocabulary = SceneVocabulary.from_names(ckpt["vocabulary"])
     m = model_cfg.model
     has_segmenter = m.gnn.enabled and m.segmenter.kind != "none"
+    store_cfg = _store_config(model_cfg, cfg)
     if not m.gnn.enabled:
         graphs = "none"  # an image-only model reads no graphs
     elif graphs == "auto":
-        graphs = "online" if has_segmenter else "gt"
+        graphs = "store" if graphs_only(store_cfg) and store_available(store_cfg, split) else \
+            "online" if has_segmenter else "gt"
     if graphs == "online" and not has_segmenter:
         raise ValueError(f"{path}: this model has no segmenter (model.segmenter.kind={m.segmenter.kind}, "
                          f"gnn enabled={m.gnn.enabled}); evaluate with --graphs gt")
@@ -197,6 +220,8 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     model.to(device).eval()
 
     builder = SceneGraphBuilder.from_config(model_cfg.graph, class_table)
+    stems_from = store_cfg if graphs == "store" else None
+    subsets = read_subsets(cfg.data.root, split, lambda: _split_stems(cfg, split, stems_from), subsets)
     k = cfg.eval.topk
     evaluators: dict[str, Evaluator] = {"scenes": SceneEvaluator(vocabulary.names, topk=k, device=device)}
     if graphs == "online" and _scores_segmentation(class_table):
@@ -211,7 +236,8 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
             model, vocabulary.names, data_root=cfg.data.root, class_table=class_table,
             stream_means=ckpt.get("stream_means"), out_dir=out, method=explain_method)
     loader = _split_loader(cfg, split, vocabulary=vocabulary, batch_size=batch_size,
-                           gt_graphs=builder if graphs == "gt" and m.gnn.enabled else None)
+                           gt_graphs=builder if graphs == "gt" and m.gnn.enabled else None,
+                           store_cfg=store_cfg if graphs == "store" else None)
     results = inference_on_dataset(model, loader, evaluators, forward=run_classifier, device=device)
     metrics = {"stage": "classifier", "graphs": graphs, **results.pop("scenes"), **results}
     if "explanation" in metrics:

@@ -1,15 +1,28 @@
-"""Stage 2 of the staged training: the scene graphs of dataset splits, built once into graph caches.
+"""Stage 2 of the staged training: the scene graphs of dataset splits, built once into graph stores.
 
 ``gt`` graphs come from the annotations; ``pred`` graphs from a segmenter's predictions: a trained UPSNet
 (``model.segmenter.checkpoint``) or a published model (``model.segmenter.kind: hf | detectron2``), so graph-only and
-two-stream classifiers can train on the graphs of a segmenter nobody trained here. The cache folder is the one
-training computes from the same config (:func:`twostream.graph.cache.default_cache_dir`).
+two-stream classifiers can train on the graphs of a segmenter nobody trained here. The store folder is the one
+training computes from the same config (:func:`store_dir`).
+
+Across processes. Under ``torchrun`` (``WORLD_SIZE`` > 1) rank 0 prepares the folder, every rank builds the chunks
+``k`` with ``k % world_size == rank`` that are not on disk yet (on ``cuda:<LOCAL_RANK>`` for ``pred``), and rank 0,
+once every chunk is there, writes the store (:func:`twostream.graph.store_build.run_build`). The ranks coordinate
+through the folder (which must be on a file system they all see), not through collectives, so ranks of unequal speed
+never hit a collective's timeout and no process group is needed; a rank that dies takes the job down (torchrun), and
+the same command run again keeps every finished chunk. Graphs-only training (:func:`graphs_only_datasets`) reads
+these stores and nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,7 +30,200 @@ from twostream.config import Config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_split_caches", "segmenter_for_cache"]
+__all__ = ["build_split_caches", "build_store_from_json", "checkpoint_identity", "convert_cache", "default_cache_dir",
+           "graphs_only", "graphs_only_datasets", "open_store", "segmenter_for_cache", "segmenter_identity",
+           "store_available", "store_dir", "store_items"]
+
+# --------------------------------------------------------------------------------------------------------------------
+# Identities and folders
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def checkpoint_identity(path: str | Path) -> str:
+    """A short content hash of a checkpoint file: a retrained checkpoint at the same path gets a new identity."""
+    from twostream.models.segmenter_base import content_hash
+
+    return content_hash(path, "segmenter checkpoint")
+
+
+def _hash(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def segmenter_identity(seg_cfg: Any) -> str:
+    """What a ``pred`` store's graphs depend on: the segmenter class's own ``cache_identity`` (a trained UPSNet's
+    checkpoint content, a Hugging Face hub name or local folder's weights, a detectron2 config + weights + opts;
+    :mod:`twostream.models.segmenter_base`). The graph store takes it as an opaque string."""
+    from twostream.models.segmenter import segmenter_identity as identity
+
+    return identity(seg_cfg)
+
+
+def default_cache_dir(cfg: Config, split: str, source: str | None = None, checkpoint: str | None = None) -> Path:
+    """``<data.root>/graphs/<split>-<source>-<hash>``: where ``tools/build_graphs.py`` writes the graphs of ``split``
+    and where training looks for them when ``graph.cache_dir`` is empty.
+
+    The hash covers the ``cfg.graph`` values that shape a graph and, for ``pred``, the identity of the segmenter
+    (:func:`segmenter_identity` of ``cfg.model.segmenter``; ``checkpoint`` overrides a UPSNet checkpoint), so other
+    settings or another segmenter get another folder. (The same folder the old shard cache used, so a converted
+    cache is found where it was.)
+    """
+    from twostream.graph.builder import shaping_settings
+
+    source = source or cfg.graph.source
+    if source not in ("gt", "pred"):
+        raise ValueError(f"graph store: source must be gt or pred (online graphs are not stored), got '{source}'")
+    key: dict[str, Any] = {"settings": shaping_settings(cfg.graph), "source": source}
+    if source == "pred":
+        seg_cfg = cfg.model.segmenter
+        if checkpoint:
+            seg_cfg = dataclasses.replace(seg_cfg, kind="upsnet", checkpoint=str(checkpoint))
+        identity = segmenter_identity(seg_cfg)
+        # checkpoint-trained kinds (UPSNet) keep the key they always had; other segmenters add their kind
+        from twostream.models.segmenter import segmenter_class
+
+        key["checkpoint" if segmenter_class(seg_cfg.kind).weights_from_checkpoint else "segmenter"] = identity
+    return Path(cfg.data.root) / "graphs" / f"{split}-{source}-{_hash(key, 10)}"
+
+
+def store_dir(cfg: Config, split: str, source: str | None = None) -> Path:
+    """The store folder of ``split``: ``graph.cache_dir`` (``{split}`` in it is replaced by the split's name, so one
+    setting serves both splits) or :func:`default_cache_dir`."""
+    if cfg.graph.cache_dir:
+        return Path(cfg.graph.cache_dir.replace("{split}", split))
+    return default_cache_dir(cfg, split, source)
+
+
+def graphs_only(cfg: Config) -> bool:
+    """A graph-only classifier whose graphs are stored (``gt`` / ``pred``): it can train and be evaluated from the
+    graph store alone, without opening an image."""
+    m = cfg.model
+    return m.gnn.enabled and not m.image_encoder.enabled and cfg.graph.source in ("gt", "pred")
+
+
+def build_command(cfg: Config, split: str) -> str:
+    return (f"python tools/build_graphs.py --config <this config> --source {cfg.graph.source} --split {split}"
+            + (f" --opts graph.cache_dir={cfg.graph.cache_dir}" if cfg.graph.cache_dir else ""))
+
+
+def open_store(cfg: Config, split: str, settings: dict | None = None):
+    """The graph store of ``split`` for ``cfg``; a missing one is a one-line error naming the folder and the command
+    that builds it."""
+    from twostream.graph.store import GraphStore, StoreError
+
+    folder = store_dir(cfg, split)
+    try:
+        return GraphStore(folder, settings=settings)
+    except StoreError as e:
+        if not (folder / "store.json").is_file() and "no graph store" in str(e):
+            raise StoreError(f"{folder}: no graph store for graph.source={cfg.graph.source}, split '{split}'; "
+                             f"build it with `{build_command(cfg, split)}`") from None
+        raise
+
+
+def _has_annotations(cfg: Config, split: str) -> bool:
+    """Whether ``split`` has label maps on disk to build ``gt`` graphs from (checked on the folder, not the files)."""
+    root = Path(cfg.data.root)
+    if cfg.data.format == "ade20k":
+        return (root / "annotations" / split).is_dir()
+    if cfg.data.format == "ade20k_full":
+        return (root / "images" / "ADE" / split).is_dir()
+    return False
+
+
+def _store_scenes(cfg: Config, store) -> dict[str, str] | None:
+    """Scene labels for a store that recorded none (converted from the old cache): ``sceneCategories.txt``."""
+    if store.scene_table:
+        return None
+    from twostream.data.ade20k import scene_file
+    from twostream.data.io import read_scene_categories
+    from twostream.graph.store import StoreError
+
+    path = scene_file(cfg.data.root)
+    if not path.is_file():
+        raise StoreError(f"{store.store_dir}: the graph store records no scene labels and {path} does not exist; "
+                         "rebuild the store with tools/build_graphs.py (it records them), or convert it with "
+                         "--convert DIR --scenes FILE")
+    log.info("%s records no scenes: labels from %s", store.store_dir, path)
+    return read_scene_categories(path)
+
+
+def store_available(cfg: Config, split: str) -> bool:
+    """Whether the graph store of ``split`` for ``cfg`` exists and is finished (nothing is raised)."""
+    from twostream.graph.store import is_store
+
+    try:
+        return is_store(store_dir(cfg, split))
+    except (OSError, ValueError):  # e.g. the segmenter checkpoint a pred store is keyed on has moved
+        return False
+
+
+def store_items(cfg: Config, split: str, vocabulary, max_items: int = 0):
+    """``split``'s graphs from its store as a dataset (:class:`~twostream.data.graph_items.StoreGraphs`) with
+    ``vocabulary``'s scene classes: what graphs-only evaluation reads."""
+    from twostream.data.graph_items import StoreGraphs
+    from twostream.graph.builder import shaping_settings
+
+    store = open_store(cfg, split, shaping_settings(cfg.graph))
+    return StoreGraphs(store, vocabulary, scenes=_store_scenes(cfg, store), max_items=max_items)
+
+
+def graphs_only_datasets(cfg: Config):
+    """Training and validation items read from the graph stores alone, or ``None`` when ``cfg`` is not a
+    graph-only model of stored graphs or (``gt`` only) when the stores are missing but the annotations are there, so
+    graphs are built from each item's augmented annotation as before.
+
+    Returns:
+        ``(train, val, vocabulary, class_table)``: :class:`~twostream.data.graph_items.StoreGraphs` datasets, the
+        vocabulary chosen from the training store's scenes, and the graphs' class table.
+
+    Raises:
+        StoreError: a store that is needed is missing (one line naming the folder and the build command), stale or
+            unfinished.
+    """
+    from twostream.data.graph_items import StoreGraphs
+    from twostream.data.vocabulary import build_vocabulary
+    from twostream.graph.builder import shaping_settings
+    from twostream.graph.store import is_store
+
+    if not graphs_only(cfg):
+        return None
+    d = cfg.data
+    splits = (d.train_split, d.val_split)
+    if cfg.graph.source == "gt" and not all(is_store(store_dir(cfg, s)) for s in splits) and \
+            all(_has_annotations(cfg, s) for s in splits):
+        log.info("no gt graph store at %s: graphs are built from each item's annotation (%s builds the store, and "
+                 "then training reads no image)", store_dir(cfg, d.train_split), build_command(cfg, d.train_split))
+        return None
+    # the shaping settings only: the class table is the store's own (a segmenter's, or the full ADE20K table)
+    stores = [open_store(cfg, s, shaping_settings(cfg.graph)) for s in splits]
+    items = [StoreGraphs(store, None, scenes=_store_scenes(cfg, store)) for store in stores]
+    train_scenes = items[0].raw_scenes()
+    vocabulary = build_vocabulary(d.scenes, train_scenes)
+    train, val = (StoreGraphs(store, vocabulary, scenes=_store_scenes(cfg, store), max_items=d.max_items)
+                  for store in stores)
+    log.info("graphs only, from the stores %s and %s (no image is read); scene vocabulary (%s): %d classes\n%s",
+             stores[0].store_dir, stores[1].store_dir, d.scenes.mode, len(vocabulary),
+             vocabulary.table({d.train_split: train_scenes, d.val_split: items[1].raw_scenes()}))
+    return train, val, vocabulary, stores[0].class_table
+
+
+def graph_builder(graph_cfg, class_table):
+    """``SceneGraphBuilder.from_config``, except for label sets of more than 255 classes (full ADE20K), where 255 is
+    a class, not the transforms' padding: no label is ignored then (the config refuses padding for them)."""
+    from twostream.data.classes import IGNORE_INDEX
+    from twostream.graph.builder import SceneGraphBuilder
+
+    if class_table is None or len(class_table) <= IGNORE_INDEX:
+        return SceneGraphBuilder.from_config(graph_cfg, class_table)
+    return SceneGraphBuilder(granularity=graph_cfg.granularity, connectivity=graph_cfg.connectivity,
+                             tolerance=graph_cfg.tolerance, min_area=graph_cfg.min_area,
+                             ignore_label0=graph_cfg.ignore_label0, class_table=class_table, ignore_index=None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Segmenter
+# --------------------------------------------------------------------------------------------------------------------
 
 
 def segmenter_for_cache(cfg: Config, device: torch.device):
@@ -35,50 +241,113 @@ def segmenter_for_cache(cfg: Config, device: torch.device):
     return ready_segmenter(seg_cfg, device)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Building, in one process or across torchrun's
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ranks:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def _ranks() -> _Ranks:
+    """torchrun's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` (no process group: the ranks share a folder)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Ranks()
+    return _Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def open_split(cfg: Config, split: str):
+    """``split`` of ``cfg.data`` (any ``data.format``) with the validation transforms and no vocabulary: the items a
+    store is built from."""
+    from twostream.data.ade20k import open_dataset
+    from twostream.data.transforms import build_transforms
+
+    return open_dataset(cfg, split, vocabulary=None, transform=build_transforms(cfg.data, train=False))
+
+
 def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str | Path | None = None,
                        device: str = "auto", batch_size: int | None = None, workers: int | None = None,
-                       shard_size: int = 256, progress: bool = True) -> list:
-    """Build (or finish, or rebuild when stale) the graph cache of each split; return the opened caches.
+                       chunk_size: int | None = None, progress: bool = True) -> list:
+    """Build (or finish, or rebuild when stale) the graph store of each split; return the opened stores (``None`` on
+    ranks other than 0 of a ``torchrun`` build).
 
     Args:
         cfg: data and graph settings, and for ``pred`` the segmenter (``cfg.model.segmenter``).
         source: ``gt`` or ``pred``.
-        out: the cache folder when one split is built (default ``graph.cache_dir`` or the default folder).
+        out: the store folder when one split is built (default :func:`store_dir`).
+        chunk_size: items per chunk (default :data:`~twostream.graph.store_build.DEFAULT_CHUNK_SIZE`).
     """
-    from twostream.data.ade20k import ADE20KDataset
     from twostream.data.classes import ade20k150
-    from twostream.data.transforms import build_transforms
     from twostream.engine.distributed import resolve_device
-    from twostream.graph.builder import SceneGraphBuilder
-    from twostream.graph.cache import build_graph_cache, default_cache_dir
-    from twostream.models.segmenter import segmenter_identity
+    from twostream.graph.store_build import DEFAULT_CHUNK_SIZE, plan_graph_build, run_build
+    from twostream.graph.store_sources import item_results, scene_lookup
 
     if source not in ("gt", "pred"):
-        raise ValueError(f"graph source '{source}' cannot be cached; use gt or pred (online graphs are built in "
+        raise ValueError(f"graph source '{source}' cannot be stored; use gt or pred (online graphs are built in "
                          "the model)")
-    if (out or cfg.graph.cache_dir) and len(splits) > 1:
-        raise ValueError("one cache folder (--out / graph.cache_dir) holds one split; pass a single --split")
+    if out and len(splits) > 1:
+        raise ValueError("one store folder (--out) holds one split; pass a single --split")
+    if cfg.graph.cache_dir and "{split}" not in cfg.graph.cache_dir and len(splits) > 1:
+        raise ValueError("graph.cache_dir names one folder for every split; put {split} in it "
+                         "(graph.cache_dir=graphs/{split}) or pass a single --split")
+    ranks = _ranks()
     predict, identity, dev = None, None, torch.device("cpu")
     class_table = ade20k150()
     if source == "pred":
-        dev = resolve_device(device)
+        dev = resolve_device(device, ranks.local_rank)
         segmenter = segmenter_for_cache(cfg, dev)
         predict, identity, class_table = segmenter.predict, segmenter_identity(cfg.model.segmenter), \
             segmenter.class_table
         log.info("segmenter %s (%s, %d classes) on %s", identity, class_table.name, len(class_table), dev)
-    builder = SceneGraphBuilder.from_config(cfg.graph, class_table)
-    caches = []
+    stores = []
     for split in splits:
-        dataset = ADE20KDataset(cfg.data.root, split, vocabulary=None,
-                                transform=build_transforms(cfg.data, train=False), skip_bad=cfg.data.skip_bad,
-                                max_items=cfg.data.max_items)
-        folder = Path(out or cfg.graph.cache_dir or default_cache_dir(cfg, split, source))
+        dataset = open_split(cfg, split)
+        # gt labels are the dataset's (ADE20K-150, or full ADE20K's 3,688 classes); pred labels the segmenter's
+        builder = graph_builder(cfg.graph, getattr(dataset, "class_table", class_table) if source == "gt" else
+                                class_table)
+        folder = Path(out) if out else store_dir(cfg, split, source)
         log.info("%s: %d items -> %s (%s)", split, len(dataset), folder, builder)
+
+        def plan_fn(write: bool, folder=folder, dataset=dataset, builder=builder):
+            return plan_graph_build(folder, dataset, builder, kind=source, predict=predict, segmenter=identity,
+                                    chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, write=write)
+
+        results = item_results(dataset, builder, kind=source, predict=predict, device=dev,
+                               batch_size=batch_size or cfg.eval.batch_size,
+                               num_workers=cfg.data.num_workers if workers is None else workers)
         with torch.inference_mode():
-            cache = build_graph_cache(folder, dataset, builder, kind=source, predict=predict, checkpoint=identity,
-                                      device=dev, batch_size=batch_size or cfg.eval.batch_size,
-                                      num_workers=cfg.data.num_workers if workers is None else workers,
-                                      shard_size=shard_size, progress=progress)
-        log.info("%s: %d graphs in %s", split, len(cache), folder)
-        caches.append(cache)
-    return caches
+            store = run_build(plan_fn, results, scene_of=scene_lookup(dataset), progress=progress,
+                              desc=f"graphs ({source}, {split})", rank=ranks.rank, world_size=ranks.world_size)
+        if store is not None:
+            log.info("%s: %d graphs in %s", split, len(store), folder)
+        stores.append(store)
+    return stores
+
+
+def build_store_from_json(folder: str | Path, out: str | Path, *, scenes_file: str | Path | None = None,
+                          workers: int = 0, chunk_size: int | None = None, progress: bool = True):
+    """``tools/build_graphs.py --from-json``: a folder of prediction or scene-graph JSONs becomes the store ``out``,
+    scene labels from ``scenes_file`` (``<stem> <scene>`` per line); ``torchrun`` splits the files over ranks."""
+    from twostream.data.io import read_scene_categories
+    from twostream.graph.store_json import build_store_from_json as build
+
+    scenes = read_scene_categories(scenes_file) if scenes_file else None
+    if scenes is None:
+        log.warning("no --scenes file: the store records no scene labels, so it cannot train a classifier as is")
+    ranks = _ranks()
+    return build(folder, out, scenes=scenes, num_workers=workers, chunk_size=chunk_size, progress=progress,
+                 rank=ranks.rank, world_size=ranks.world_size)
+
+
+def convert_cache(old_dir: str | Path, out: str | Path | None = None, *, scenes_file: str | Path | None = None):
+    """``tools/build_graphs.py --convert``: an old shard cache becomes a graph store (in place by default)."""
+    from twostream.data.io import read_scene_categories
+    from twostream.graph.cache import convert_shard_cache
+
+    scenes = read_scene_categories(scenes_file) if scenes_file else None
+    return convert_shard_cache(old_dir, out, scenes=scenes)

@@ -61,9 +61,16 @@ class ClassificationTask(_Task):
 
     def build_loaders(self) -> Loaders:
         from twostream.data.ade20k import build_datasets
+        from twostream.engine.graph_caches import graphs_only_datasets
 
         cfg = self.cfg
+        stored = graphs_only_datasets(cfg)  # a graph-only model of stored graphs reads no image
+        if stored is not None:
+            train_set, val_set, self.vocabulary, self.class_table = stored
+            return self._loaders(train_set, val_set)
         train_set, val_set, self.vocabulary = build_datasets(cfg)
+        if cfg.graph.source == "gt":  # graphs from the annotations: the dataset's label set (full ADE20K: 3,688)
+            self.class_table = getattr(train_set, "class_table", self.class_table)
         if cfg.model.gnn.enabled and cfg.graph.source != "online":
             train_set, val_set = (self._attach_graphs(train_set, cfg.data.train_split),
                                   self._attach_graphs(val_set, cfg.data.val_split))
@@ -72,17 +79,16 @@ class ClassificationTask(_Task):
         return loaders
 
     def _attach_graphs(self, dataset, split: str) -> WithGraphs:
-        from twostream.graph.builder import SceneGraphBuilder
+        from twostream.engine.graph_caches import graph_builder
 
         cfg = self.cfg
-        builder = SceneGraphBuilder.from_config(cfg.graph, self.class_table)
+        builder = graph_builder(cfg.graph, self.class_table)
         if cfg.graph.source == "gt":
             return WithGraphs(dataset, builder=builder)
-        from twostream.graph.cache import GraphCache, default_cache_dir
+        from twostream.engine.graph_caches import open_store
 
-        cache_dir = cfg.graph.cache_dir or default_cache_dir(cfg, split)
-        # settings: a cache built with another granularity/connectivity/... is refused, not silently used
-        return WithGraphs(dataset, cache=GraphCache(cache_dir, settings=builder.settings()))
+        # settings: a store built with another granularity/connectivity/... is refused, not silently used
+        return WithGraphs(dataset, cache=open_store(cfg, split, settings=builder.settings()))
 
     def build_model(self) -> nn.Module:
         """The classifier; a trained UPSNet (``model.segmenter.checkpoint``) is built from its checkpoint's own config
@@ -112,7 +118,7 @@ class ClassificationTask(_Task):
         return model
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[Tensor, int]:
-        out = model(batch["image"], batch.get("graph"))
+        out = model(batch.get("image"), batch.get("graph"))  # graphs-only batches carry no image
         loss = F.cross_entropy(out["logits"].float(), batch["scene"], label_smoothing=self.cfg.train.label_smoothing)
         return loss, int(batch["scene"].shape[0])
 
@@ -159,6 +165,7 @@ class SegmentationTask(_Task):
 
         # Every image with an annotation teaches segmentation; seg configs use data.scenes.mode=all.
         train_set, val_set, self.vocabulary = build_datasets(self.cfg)
+        self.class_table = getattr(train_set, "class_table", self.class_table)  # the annotations' label set
         return self._loaders(train_set, val_set)
 
     def build_model(self) -> nn.Module:

@@ -414,6 +414,7 @@ def _train(cfg: Config, resume: str | None, fresh: bool, device: torch.device, d
             raise write_error(Path(e.filename or run_dir), e, "the run folder") from None
         log.info("run folder %s; %d optimizer steps per epoch, %d in all", run_dir, steps_per_epoch, total_steps)
 
+    model = D.convert_sync_batchnorm(model, tcfg.sync_bn, task.stage, dist_info, device)  # train.sync_bn
     train_model: nn.Module = model
     if dist_info.enabled:
         # A trainable segmenter's classifier only feeds an argmax in the classifier stage: it gets no gradient.

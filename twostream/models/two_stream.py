@@ -193,8 +193,13 @@ class TwoStreamClassifier(nn.Module):
         batch = Batch.from_data_list([g.to_pyg() for g in graph_list]).to(images.device)
         return batch, {"graphs": graph_list, "sem_logits": seg["sem_logits"]}
 
-    def _forward_features(self, images: Tensor, graphs) -> tuple[Tensor, dict]:
-        if images.ndim != 4 or images.shape[1] != 3:
+    def _forward_features(self, images: Tensor | None, graphs) -> tuple[Tensor, dict]:
+        if images is None:  # graph-only model on stored graphs: nothing needs pixels
+            if self.image_encoder is not None or self.shared_backbone or graphs is None or self.online_graphs:
+                raise ValueError("TwoStreamClassifier: images=None works only for a graph-only model given graphs")
+            count = len(graphs) if isinstance(graphs, list | tuple) else int(getattr(graphs, "num_graphs", 1))
+            images = torch.empty(count, 0, 0, 0, device=next(self.graph_encoder.parameters()).device)  # batch size
+        elif images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"TwoStreamClassifier: expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         extras: dict = {}
         backbone_feats = None

@@ -116,7 +116,7 @@ class Evaluators(Evaluator):
 
 def run_classifier(model: nn.Module, batch: dict) -> dict:
     """A scene classifier's forward pass on a batch: ``model(image, graph)`` (graphs where the batch has them)."""
-    return model(batch["image"], batch.get("graph"))
+    return model(batch.get("image"), batch.get("graph"))
 
 
 def run_segmenter(model: nn.Module, batch: dict) -> dict:
