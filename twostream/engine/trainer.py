@@ -286,6 +286,8 @@ def train(cfg: Config, *, resume: str | None = None, fresh: bool = False) -> dic
             # Worker seeds depend on the epoch only, so a resumed epoch augments as the interrupted one did.
             loaders.train.generator.manual_seed(tcfg.seed + 1000 * epoch + dist_info.rank)
             loaders.train_sampler.set_start(state["batch_in_epoch"] * tcfg.batch_size)
+            if hasattr(model, "set_epoch"):  # epoch-seeded model settings (model.gnn.edges=shuffled)
+                model.set_epoch(epoch)
             train_one_epoch(train_model, task, loaders.train, optimizer, scheduler, scaler, epoch=epoch, state=state,
                             cfg=cfg, device=device, amp_dtype=amp_dtype, dist_info=dist_info, manager=manager,
                             writer=writer, jsonl=jsonl, batches_per_epoch=len(loaders.train),
