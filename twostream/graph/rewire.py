@@ -103,15 +103,17 @@ def rewire_degree_preserving(edge_index: Tensor, node_batch: Tensor, num_graphs:
     starts = torch.nonzero(paired).squeeze(1)  # (P,) pair k = sorted positions (starts[k], starts[k] + 1)
     if starts.numel() == 0:  # no graph has two edges
         return edge_index, torch.zeros(edge_index.shape[1], dtype=torch.bool, device=device)
+    # every round's random numbers at once: a sort key per slot (to pair them up) and a coin per pair
     seed = _combine(seeds & _MASK, epoch & _MASK)[g]  # (S,)
-    pair_seed = seed[starts]  # (P,)
-    pair_local = local[starts]  # (P,)
+    steps = torch.arange(rounds, device=device)
+    rand = _combine(_combine(seed[:, None], steps[None, :]), local[:, None])  # (S, R)
+    block = g * (1 << 31)  # (S,) sorting by block + rand keeps every graph's slots in its own block
+    flips = (_combine(_combine(seed[starts][:, None], steps[None, :] + rounds), local[starts][:, None]) & 1).bool()
     for r in range(rounds):
         # pair the edges of every graph at random: sort each graph's slots by a hash, pair neighbours
-        rand = _combine(_combine(seed, r), local)  # (S,)
-        order = torch.sort(g * (1 << 31) + rand, stable=True).indices  # (S,) graphs stay in their blocks
+        order = torch.sort(block + rand[:, r], stable=True).indices  # (S,)
         a, b = order[starts], order[starts + 1]  # (P,) slot ids of each pair
-        flip = (_combine(_combine(pair_seed, r + rounds), pair_local) & 1).bool()  # (P,) which of the two swaps
+        flip = flips[:, r]  # (P,) which of the two swaps
         ua, va, ub, vb = su[a], sv[a], su[b], sv[b]
         x1, y1 = ua, torch.where(flip, ub, vb)  # {a, d} or {a, c}
         x2, y2 = torch.where(flip, va, ub), torch.where(flip, vb, va)  # {c, b} or {b, d}
