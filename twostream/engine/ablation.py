@@ -50,6 +50,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "shuffled_edges": (*_GRAPH_ONLY, "model.gnn.edges=shuffled"),  # degree-preserving random edges
     "presence_only": (*_GRAPH_ONLY, "model.gnn.edges=none", "model.gnn.node_input=class"),  # which classes, no more
     "adjacency_only": (*_GRAPH_ONLY, "model.gnn.node_input=class"),  # classes + who touches whom, no geometry
+    # classes + random contacts with each object's true number of contacts: what adjacency_only has beyond degrees
+    "shuffled_adjacency": (*_GRAPH_ONLY, "model.gnn.edges=shuffled", "model.gnn.node_input=class"),
     "two_stream": ("model.image_encoder.enabled=true", "model.gnn.enabled=true"),
 }
 REFERENCE = "two_stream"  # the row every paired difference is taken against
