@@ -138,8 +138,12 @@ def train_and_evaluate(config: str | Path | None, opts: Sequence[str], run: Abla
 
 def _worker(config, opts, run: AblationRun, threads: int) -> tuple[AblationRun, dict]:
     """One run in a worker process; its log goes to ``<run>/ablate.log``."""
+    import warnings
+
     from twostream.logger import DATEFMT, FORMAT
 
+    # as twostream.cli does: torch_geometric's import calls the deprecated torch.jit.script, noise in every worker
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run.run_dir / "ablate.log")
     handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
