@@ -295,3 +295,26 @@ def test_the_trainer_tells_the_model_its_epoch_and_evaluation_repeats(synthetic_
     first = evaluate_checkpoint(tmp_path / "run", out_dir=tmp_path / "a", device="cpu")
     second = evaluate_checkpoint(tmp_path / "run", out_dir=tmp_path / "b", device="cpu")
     assert first["confusion_matrix"] == second["confusion_matrix"] and first["num_images"] == 16
+
+
+def test_online_graphs_get_the_setting_too():
+    """Graphs built inside the model from its segmenter go through the same encoder: shuffled, and fixed in eval."""
+    cfg = config_from_dict({
+        "data": {"image_size": [64, 64]}, "graph": {"source": "online"},
+        "model": {"segmenter": {"kind": "upsnet", "backbone": "resnet10t", "pretrained": False, "fpn_channels": 16,
+                                "head_channels": 8, "deformable": False},
+                  "image_encoder": {"enabled": False}, "fusion": {"type": "none"},
+                  "gnn": {"hidden_dim": 16, "heads": 2, "num_layers": 2, "class_embed_dim": 8, "dropout": 0.0,
+                          "edges": "shuffled"}}})
+    torch.manual_seed(0)
+    model = build_model(cfg, num_scenes=3, class_table=TABLE).eval()
+    images = torch.rand(2, 3, 64, 64)
+    calls = []
+    original = model.graph_encoder.graph_edges
+    model.graph_encoder.graph_edges = lambda *a: (calls.append(1), original(*a))[1]
+    with torch.no_grad():
+        first = model(images)
+        model.set_epoch(5)
+        second = model(images)
+    assert len(calls) == 2 and "graphs" in first
+    assert torch.equal(first["logits"], second["logits"])
