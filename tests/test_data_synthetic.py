@@ -151,6 +151,13 @@ def test_make_synthetic_tool(tmp_path):
     assert (tmp_path / "s/sceneCategories.txt").read_text().split() == [
         "ADE_train_00000001", "street", "ADE_train_00000002", "office",
         "ADE_val_00000001", "street", "ADE_val_00000002", "office"]
+    irregular = tool["get_args_parser"]().parse_args(["--out", str(tmp_path / "r"), "--train-per-scene", "1",
+                                                      "--val-per-scene", "0", "--size", "64", "--scenes",
+                                                      "dining_room", "--relation-fraction", "1.0",
+                                                      "--relation-layout", "irregular"])
+    tool["main"](irregular)
+    meta = json.loads((tmp_path / "r/synthetic.json").read_text())
+    assert meta["params"]["relation_layout"] == "irregular" and meta["relation_only"] == ["ADE_train_00000001"]
     bad = tool["get_args_parser"]().parse_args(["--out", str(tmp_path / "t"), "--scenes", "moon_base"])
     with pytest.raises(SystemExit):
         tool["main"](bad)
@@ -163,3 +170,80 @@ def test_bad_parameters():
         render_scene("street", relation_only=True)
     with pytest.raises(ValueError, match="at least 32x32"):
         render_scene("street", size=16)
+    with pytest.raises(ValueError, match="unknown relation layout 'round'; choose from: boxes, irregular"):
+        render_scene("dining_room", relation_only=True, relation_layout="round")
+
+
+def boxes_of(label: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
+    """Class id -> its pixels' box ``(x0, y0, x1, y1)``, exclusive ends."""
+    out = {}
+    for c in np.unique(label).tolist():
+        ys, xs = np.nonzero(label == c)
+        out[c] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    return out
+
+
+def box_overlap(a, b) -> int:
+    """Pixels in the intersection of two boxes (0 when they only abut or lie apart)."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+@pytest.mark.parametrize(("seed", "size"), [(s, 64) for s in range(6)] + [(s, (96, 127)) for s in range(2)] +
+                         [(s, 128) for s in range(2)] + [(0, 256)])
+def test_irregular_relation_layout_boxes_overlap_whether_or_not_they_touch(seed, size):
+    pair = render_relation_pair(seed, size, layout="irregular")
+    (_, dining, _), (_, living, _) = pair["dining_room"], pair["living_room"]
+    assert set(np.unique(dining)) == set(np.unique(living)) == {cid(n) for n in
+                                                                ("wall", "ceiling", "floor", "painting", "table",
+                                                                 "chair", "sofa")}
+    np.testing.assert_array_equal(np.bincount(dining.ravel(), minlength=151),
+                                  np.bincount(living.ravel(), minlength=151))
+    chair_table = tuple(sorted((cid("chair"), cid("table"))))
+    sofa_table = tuple(sorted((cid("sofa"), cid("table"))))
+    assert touching(dining) ^ touching(living) == {chair_table, sofa_table}
+    assert chair_table in touching(dining) and sofa_table in touching(living)
+    for label in (dining, living):  # the table's box overlaps both the toucher's and the other's
+        box = boxes_of(label)
+        assert box_overlap(box[cid("table")], box[cid("chair")]) > 0
+        assert box_overlap(box[cid("table")], box[cid("sofa")]) > 0
+    # the boxes layout, by contrast, gives the contact away: the toucher's box abuts the table's, the other's does not
+    (_, boxes_dining, _) = render_relation_pair(seed, size)["dining_room"]
+    box = boxes_of(boxes_dining)
+    assert box_overlap(box[cid("table")], box[cid("chair")]) == 0 == box_overlap(box[cid("table")], box[cid("sofa")])
+    assert min(abs(box[cid("table")][0] - box[cid("chair")][2]), abs(box[cid("chair")][0] - box[cid("table")][2])) == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_irregular_layout_node_geometry_is_the_same_in_both_scenes(seed):
+    """A dining room with the thin leg (and the chair's contact) on one side has exactly the node attributes of the
+    living room of the same draws with its thin leg on the other side: geometry alone cannot tell the scenes apart."""
+    from twostream.data.synthetic.canvas import Canvas
+    from twostream.data.synthetic.relation import RELATION_LAYOUTS
+    from twostream.graph.builder import SceneGraphBuilder
+
+    builder = SceneGraphBuilder(class_table=T)
+    for side in (-1, 1):
+        graphs = {}
+        for scene, s in (("dining_room", side), ("living_room", -side)):
+            c = Canvas(64, 96)
+            RELATION_LAYOUTS["irregular"](c, np.random.default_rng(seed), RELATION_SCENES[scene], side=s)
+            graphs[scene] = builder(c.label)
+        a, b = graphs["dining_room"], graphs["living_room"]
+        for field in ("labels", "area", "centroid", "bbox"):
+            assert np.array_equal(getattr(a, field).numpy(), getattr(b, field).numpy()), field
+        pairs = {name: {tuple(sorted(a.labels[list(e)].tolist())) for e in g.undirected_edges()[0].t().tolist()}
+                 for name, g in (("dining", a), ("living", b))}
+        assert pairs["dining"] ^ pairs["living"] == {tuple(sorted((cid("chair"), cid("table")))),
+                                                     tuple(sorted((cid("sofa"), cid("table"))))}
+
+
+def test_irregular_relation_set_is_recorded(tmp_path):
+    meta = make_synthetic(tmp_path / "irr", train_per_scene=2, val_per_scene=0, size=64, scenes=list(RELATION_SCENES),
+                          relation_fraction=1.0, relation_layout="irregular")
+    assert meta["params"]["relation_layout"] == "irregular" and len(meta["relation_only"]) == 4
+    default = make_synthetic(tmp_path / "box", train_per_scene=1, val_per_scene=0, size=48, scenes=["street"])
+    assert "relation_layout" not in default["params"]  # sets written before the option keep their parameters
+    with pytest.raises(ValueError, match="unknown relation layout"):
+        make_synthetic(tmp_path / "bad", relation_layout="round")
+    with pytest.raises(ValueError, match="irregular relation layout needs images of at least 64x64 pixels"):
+        render_scene("living_room", size=48, relation_only=True, relation_layout="irregular")

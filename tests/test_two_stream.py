@@ -90,8 +90,8 @@ def test_every_config_builds_and_trains_one_step(path, tmp_path_factory):
 
     assert (model.image_encoder is not None) == cfg.model.image_encoder.enabled
     assert (model.graph_encoder is not None) == cfg.model.gnn.enabled
-    assert (model.segmenter is None) == (cfg.model.segmenter.kind == "none"
-                                         or (not cfg.model.gnn.enabled and not cfg.model.shared_backbone))
+    needs_segmenter = cfg.model.gnn.enabled and cfg.model.segmenter.kind != "none"  # kind none: annotation graphs
+    assert (model.segmenter is None) == (not needs_segmenter and not cfg.model.shared_backbone)
     if model.segmenter is not None:  # frozen: no gradients, and still in eval mode after model.train()
         assert not model.segmenter.training
         assert all(not p.requires_grad and p.grad is None for p in model.segmenter.parameters())

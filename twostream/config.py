@@ -218,6 +218,13 @@ class GNNConfig:
     readout: Literal["mean", "max", "sum", "attention"] = "attention"
     use_edge_attr: bool = True  # where the layer supports edge attributes (gat, gatv2)
     class_embed_dim: int = 64  # learned embedding of the node's class id
+    # Edge ablation (docs/relations.md). full: the scene graph's "touches" edges; none: no message passes between
+    # nodes (a bag of objects: each layer sees each node alone); shuffled: every graph rewired at random keeping each
+    # node's degree, anew each epoch (fixed at evaluation), edge offsets recomputed, boundary lengths kept.
+    edges: Literal["full", "none", "shuffled"] = "full"
+    # What a node starts from. class_geometry: class embedding + area, centroid, bbox. class: the class embedding
+    # only, and no edge attributes either (they hold centroid offsets): presence + adjacency, no geometry anywhere.
+    node_input: Literal["class_geometry", "class"] = "class_geometry"
 
 
 @dataclass

@@ -441,6 +441,8 @@ def _train(cfg: Config, resume: str | None, fresh: bool, device: torch.device, d
             return metrics
         for epoch in range(state.epoch, tcfg.epochs):
             state.epoch = epoch
+            if hasattr(model, "set_epoch"):  # epoch-seeded model settings (model.gnn.edges=shuffled)
+                model.set_epoch(epoch)
             if state.batch_in_epoch < len(loaders.train):
                 loaders.train_sampler.set_epoch(epoch)
                 # Augmentation is seeded per item (SeededItems); this generator seeds the workers' own streams.

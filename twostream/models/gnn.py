@@ -18,6 +18,25 @@ GATv2 attend with them (``edge_dim``). GCN takes one scalar weight per edge; it 
 ``w_ji = b_ij / sum_k b_ik``, the fraction of node i's boundary that touches j, so with its self-loop (weight 1) every
 node with neighbours has degree 2 and aggregates half itself, half its neighbours weighted by how much they touch it.
 GraphSAGE takes no edge attributes (mean aggregation over the plain adjacency).
+
+Ablations of the graph itself are settings of the encoder (``model.gnn.edges``, ``model.gnn.node_input``), so every
+path that runs it (training, evaluation, inference, online graphs, every fusion) gets them:
+
+- ``edges="none"``, the bag of objects: the edge set is replaced by an empty one before the first layer, so no message
+  passes between nodes. With only their self loops the layers become per-node maps (GCN: ``W h_i + b``; SAGE: its
+  root weight plus the neighbour bias; GAT / GATv2: attention over the node itself, weight 1, so ``W h_i + b``): the
+  encoder is a DeepSets network (per-node layers, then the readout), and its output is exactly the same for any edge
+  set. The parameters only neighbours use (GAT's attention vectors and edge projection, SAGE's neighbour weight) are
+  kept, so the model has the same shape and the same initial weights as ``full`` for a given seed, and get zero
+  gradients.
+- ``edges="shuffled"``: each graph is rewired at random keeping every node's degree
+  (:func:`~twostream.graph.rewire.rewire_degree_preserving`, seeded by the graph's content and the epoch that
+  :meth:`GraphEncoder.set_epoch` last set; in eval mode always :data:`~twostream.graph.rewire.EVAL_EPOCH`). Edge
+  attributes are recomputed for the new pairs (centroid offset and distance); each edge keeps its boundary length, so
+  the boundary-share weights of GCN stay a distribution over a node's contacts.
+- ``node_input="class"``: nodes enter as their class embedding alone, and no edge attribute is used either (they
+  hold centroid offsets and boundary lengths): which objects there are and which touch which, no geometry anywhere.
+  Pooled segmenter features, when configured (``graph.pool_features``), are still added.
 """
 
 from __future__ import annotations
@@ -33,9 +52,15 @@ from torch_geometric.nn.norm import BatchNorm, GraphNorm, LayerNorm
 from torch_geometric.utils import scatter
 
 from twostream.config import GNNConfig
+from twostream.graph.rewire import EVAL_EPOCH, graph_seeds, rewire_degree_preserving
 from twostream.graph.scene_graph import EDGE_ATTR_DIM, NODE_ATTR_DIM
 
-__all__ = ["CONVS", "NORMS", "READOUTS", "GraphEncoder", "build_graph_encoder"]
+__all__ = ["CONVS", "EDGE_MODES", "NODE_INPUTS", "NORMS", "READOUTS", "GraphEncoder", "build_graph_encoder"]
+
+# What the layers see of the scene graph's edges (the edge ablations; see the module docstring).
+EDGE_MODES = ("full", "none", "shuffled")
+# What a node starts from: its class and geometry (area, centroid, bbox), or its class alone (and no edge attributes).
+NODE_INPUTS = ("class_geometry", "class")
 
 # --------------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -51,6 +76,15 @@ def boundary_share(boundary: Tensor, edge_index: Tensor, num_nodes: int, eps: fl
     b = boundary.clamp_min(0) + eps  # (E,)
     total = scatter(b, edge_index[1], dim=0, dim_size=num_nodes, reduce="sum")  # (N,)
     return b / total[edge_index[1]]
+
+
+def shuffle_edge_attr(edge_attr: Tensor, edge_index: Tensor, changed: Tensor, centroid: Tensor) -> Tensor:
+    """Edge attributes of rewired edges: ``(E, 4)`` boundary / sqrt(HW), dx, dy, distance -> the same with the offset
+    and distance recomputed from ``centroid (N, 2)`` where ``changed (E,)``; the boundary stays with its edge."""
+    src, dst = edge_index
+    offset = centroid[dst] - centroid[src]  # (E, 2)
+    fresh = torch.cat([edge_attr[:, :1], offset, offset.norm(dim=1, keepdim=True)], dim=1)  # (E, 4)
+    return torch.where(changed[:, None], fresh.to(edge_attr.dtype), edge_attr)
 
 
 def _make_conv(conv: str, dim: int, heads: int, dropout: float, use_edge_attr: bool) -> nn.Module:
@@ -88,7 +122,7 @@ READOUTS: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
-def _check_choice(kind: str, value: str, table: dict) -> None:
+def _check_choice(kind: str, value: str, table: dict | tuple) -> None:
     if value not in table:
         raise ValueError(f"unknown GNN {kind} '{value}'; known: {', '.join(table)}")
 
@@ -171,6 +205,12 @@ class GraphEncoder(nn.Module):
         norm: a key of :data:`NORMS` (default ``"layer"``).
         readout: a key of :data:`READOUTS` (default ``"attention"``).
         use_edge_attr: use edge attributes where the layer takes them (gat, gatv2; gcn as a boundary weight).
+        edges: a value of :data:`EDGE_MODES`: ``"full"`` (default), ``"none"`` (bag of objects) or ``"shuffled"``
+            (degree-preserving rewiring); see the module docstring.
+        node_input: a value of :data:`NODE_INPUTS`: ``"class_geometry"`` (default) or ``"class"`` (class embedding
+            only, and no edge attributes, whatever ``use_edge_attr`` says).
+        shuffle_rounds: ``edges="shuffled"``: rounds of simultaneous double edge swaps (each attempts ``E_g / 2`` swaps
+            in a graph of ``E_g`` undirected edges; default ``10``).
         class_embed_dim: width of the class-id embedding (default ``64``).
         node_attr_dim: width of ``x`` (default ``NODE_ATTR_DIM = 7``).
         feature_dim: width of pooled segmenter features ``features``; ``0`` (default) ignores them.
@@ -184,12 +224,15 @@ class GraphEncoder(nn.Module):
 
     def __init__(self, num_classes: int, *, conv: str = "gat", hidden_dim: int = 256, num_layers: int = 3,
                  heads: int = 4, dropout: float = 0.1, residual: bool = True, norm: str = "layer",
-                 readout: str = "attention", use_edge_attr: bool = True, class_embed_dim: int = 64,
+                 readout: str = "attention", use_edge_attr: bool = True, edges: str = "full",
+                 node_input: str = "class_geometry", shuffle_rounds: int = 10, class_embed_dim: int = 64,
                  node_attr_dim: int = NODE_ATTR_DIM, feature_dim: int = 0) -> None:
         super().__init__()
         _check_choice("layer", conv, CONVS)
         _check_choice("norm", norm, NORMS)
         _check_choice("readout", readout, READOUTS)
+        _check_choice("edges mode", edges, EDGE_MODES)
+        _check_choice("node input", node_input, NODE_INPUTS)
         if num_classes < 1 or hidden_dim < 1 or num_layers < 1:
             raise ValueError(f"GraphEncoder: num_classes, hidden_dim and num_layers must be positive, got "
                              f"{num_classes}, {hidden_dim}, {num_layers}")
@@ -200,17 +243,22 @@ class GraphEncoder(nn.Module):
         self.heads, self.dropout, self.residual, self.norm = heads, dropout, residual, norm
         self.readout_name, self.use_edge_attr, self.class_embed_dim = readout, use_edge_attr, class_embed_dim
         self.node_attr_dim, self.feature_dim = node_attr_dim, feature_dim
+        self.edges, self.node_input, self.shuffle_rounds = edges, node_input, shuffle_rounds
+        # class-only nodes get no edge attributes either: offsets between centroids would bring the geometry back
+        self.edge_attr_used = use_edge_attr and node_input == "class_geometry" and conv in ("gat", "gatv2", "gcn")
+        self.epoch = 0  # what edges="shuffled" rewires with in training (set_epoch)
 
         self.class_embed = nn.Embedding(num_classes, class_embed_dim)
         if feature_dim > 0:
             self.feature_proj = nn.Linear(feature_dim, class_embed_dim)
         else:
             self.register_module("feature_proj", None)
-        in_dim = class_embed_dim + node_attr_dim + (class_embed_dim if feature_dim > 0 else 0)
+        geometry_dim = node_attr_dim if node_input == "class_geometry" else 0
+        in_dim = class_embed_dim + geometry_dim + (class_embed_dim if feature_dim > 0 else 0)
         self.input_proj = nn.Linear(in_dim, hidden_dim)
         self.layers = nn.ModuleList(
             GNNLayer(conv, hidden_dim, heads=heads, dropout=dropout, residual=residual, norm=norm,
-                     use_edge_attr=use_edge_attr)
+                     use_edge_attr=self.edge_attr_used)
             for _ in range(num_layers)
         )
         self.readout = READOUTS[readout](hidden_dim)
@@ -236,16 +284,39 @@ class GraphEncoder(nn.Module):
             self.readout.reset_parameters()
         nn.init.zeros_(self.empty_embedding)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The training epoch ``edges="shuffled"`` rewires with (the trainer calls it once per epoch); in eval mode
+        the encoder rewires with the fixed :data:`~twostream.graph.rewire.EVAL_EPOCH` instead."""
+        self.epoch = int(epoch)
+
     def node_inputs(self, batch) -> Tensor:
         """``(N, hidden_dim)`` initial node states :math:`\\mathbf{h}^{(0)}` of a batch."""
-        parts = [self.class_embed(batch.labels), batch.x.to(self.input_proj.weight.dtype)]
+        parts = [self.class_embed(batch.labels)]
+        if self.node_input == "class_geometry":
+            parts.append(batch.x.to(self.input_proj.weight.dtype))
         if self.feature_proj is not None:
             features = getattr(batch, "features", None)
             if features is None:
                 raise ValueError(f"GraphEncoder was built with feature_dim={self.feature_dim} but the graphs carry no "
                                  "'features'; build graphs with pooled features (graph.pool_features=true)")
             parts.append(self.feature_proj(features.to(self.input_proj.weight.dtype)))
-        return self.input_proj(torch.cat(parts, dim=1))  # (N, class_embed + attr [+ class_embed]) -> (N, D)
+        return self.input_proj(torch.cat(parts, dim=1))  # (N, class_embed [+ attr] [+ class_embed]) -> (N, D)
+
+    def graph_edges(self, batch, node_batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor | None]:
+        """The edges the layers see under :attr:`edges`: ``(edge_index (2, E'), edge_attr (E', 4) or None)``."""
+        edge_index = batch.edge_index
+        edge_attr = getattr(batch, "edge_attr", None) if self.edge_attr_used else None
+        if self.edges == "none":  # no neighbours: every layer sees each node alone (and its self loop)
+            empty_attr = None if edge_attr is None else edge_attr.new_zeros((0, edge_attr.shape[1]))
+            return edge_index.new_zeros((2, 0)), empty_attr
+        if self.edges == "shuffled":
+            seeds = graph_seeds(batch.labels, edge_index, node_batch, num_graphs)  # (B,)
+            epoch = self.epoch if self.training else EVAL_EPOCH
+            edge_index, changed = rewire_degree_preserving(edge_index, node_batch, num_graphs, seeds, epoch=epoch,
+                                                           rounds=self.shuffle_rounds)
+            if edge_attr is not None:
+                edge_attr = shuffle_edge_attr(edge_attr, edge_index, changed, batch.x[:, 1:3].to(edge_attr.dtype))
+        return edge_index, edge_attr
 
     def forward(self, batch) -> tuple[Tensor, Tensor]:
         """A ``Batch`` of ``B`` graphs with ``N`` nodes in all -> ``(graph_emb (B, D), node_emb (N, D))``."""
@@ -254,13 +325,12 @@ class GraphEncoder(nn.Module):
         num_graphs = int(getattr(batch, "num_graphs", 1))
         if node_batch is None:  # a single Data, not a Batch
             node_batch = batch.labels.new_zeros(n)
-        edge_index = batch.edge_index
-        edge_attr = getattr(batch, "edge_attr", None)
-        if self.use_edge_attr and edge_attr is None and self.conv in ("gat", "gatv2", "gcn"):
+        if self.edge_attr_used and getattr(batch, "edge_attr", None) is None:
             raise ValueError(f"GraphEncoder({self.conv}, use_edge_attr=True): the graphs carry no edge_attr; "
                              "build them with SceneGraph.to_pyg() or set model.gnn.use_edge_attr=false")
+        edge_index, edge_attr = self.graph_edges(batch, node_batch, num_graphs)
         edge_weight = None
-        if self.conv == "gcn" and self.use_edge_attr:
+        if self.conv == "gcn" and self.edge_attr_used:
             edge_weight = boundary_share(edge_attr[:, 0], edge_index, n)
         if edge_attr is not None:
             edge_attr = edge_attr.to(self.input_proj.weight.dtype)
@@ -276,13 +346,15 @@ class GraphEncoder(nn.Module):
         return graph_emb, h
 
     def __repr__(self) -> str:
-        edge = "edge_attr" if self.use_edge_attr and self.conv in ("gat", "gatv2") else (
-            "boundary_weight" if self.use_edge_attr and self.conv == "gcn" else "no_edge_attr")
+        edge = "edge_attr" if self.edge_attr_used and self.conv in ("gat", "gatv2") else (
+            "boundary_weight" if self.edge_attr_used and self.conv == "gcn" else "no_edge_attr")
         heads = f", heads={self.heads}" if self.conv in ("gat", "gatv2") else ""
         feats = f", feature_dim={self.feature_dim}" if self.feature_dim else ""
+        ablation = "" if self.edges == "full" else f", edges={self.edges}"
+        ablation += "" if self.node_input == "class_geometry" else f", node_input={self.node_input}"
         return (f"{type(self).__name__}({self.conv}, num_classes={self.num_classes}, hidden_dim={self.hidden_dim}, "
                 f"num_layers={self.num_layers}{heads}, norm={self.norm}, readout={self.readout_name}, "
-                f"residual={self.residual}, {edge}{feats})")
+                f"residual={self.residual}, {edge}{feats}{ablation})")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -295,5 +367,5 @@ def build_graph_encoder(cfg: GNNConfig, num_classes: int, feature_dim: int = 0) 
     (``feature_dim > 0``) carrying pooled segmenter features of that width."""
     return GraphEncoder(num_classes, conv=cfg.type, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers,
                         heads=cfg.heads, dropout=cfg.dropout, residual=cfg.residual, norm=cfg.norm,
-                        readout=cfg.readout, use_edge_attr=cfg.use_edge_attr, class_embed_dim=cfg.class_embed_dim,
-                        feature_dim=feature_dim)
+                        readout=cfg.readout, use_edge_attr=cfg.use_edge_attr, edges=cfg.edges,
+                        node_input=cfg.node_input, class_embed_dim=cfg.class_embed_dim, feature_dim=feature_dim)

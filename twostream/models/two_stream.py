@@ -159,6 +159,11 @@ class TwoStreamClassifier(nn.Module):
 
     # ---- parts -----------------------------------------------------------------------------------------------------
 
+    def set_epoch(self, epoch: int) -> None:
+        """Tell epoch-seeded settings which training epoch it is (``model.gnn.edges: shuffled`` rewires anew)."""
+        if self.graph_encoder is not None:
+            self.graph_encoder.set_epoch(epoch)
+
     def train(self, mode: bool = True) -> TwoStreamClassifier:
         super().train(mode)
         if self.segmenter is not None and not self.segmenter_trainable:

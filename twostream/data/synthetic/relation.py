@@ -1,0 +1,132 @@
+"""Relation-only layouts: two scenes (dining_room, living_room) with the same objects, told apart by one adjacency.
+
+Every relation-only image has exactly the objects wall, ceiling, floor, painting, table, chair and sofa. In a dining
+room the chair touches the table and the sofa stands apart; in a living room the sofa touches the table and the chair
+stands apart (:data:`RELATION_SCENES`). Every random draw happens in the same order whatever the scene is, and sizes
+are integers in pixels, so for one seed the two variants have identical class sets and identical per-class pixel
+counts: only which objects touch which differs. Object presence alone cannot tell them apart; adjacency can.
+
+Two layouts (:data:`RELATION_LAYOUTS`):
+
+- ``boxes``: three rectangles in a row on the floor, ``[toucher][table] gap [other]`` (or mirrored). The objects'
+  boxes give the contact away: the toucher's box abuts the table's, the other's is a gap away, so a model of each
+  object's geometry (area, centroid, box) with no edges can tell the scenes apart.
+- ``irregular``: concave furniture whose boxes overlap whether or not they touch. The table is a slab on two legs of
+  different widths, placed so that the table's centroid is its box centre (the first moments of the legs balance);
+  the chair and the sofa are each a body standing beside the table and a seat (an arm) reaching under the slab to
+  the same depth. On the side of the thin leg that depth reaches the leg (contact); on the side of the thick leg,
+  which stands nearer the centre, it stops a few pixels short. Which side the thin leg is on is a coin flip, so a
+  dining room with the thin leg on one side has exactly the node geometry (area, centroid, box of every object,
+  wall and floor included) of the living room of the same draws with the thin leg on the other side: the geometry of
+  the objects has the same distribution in both scenes, and only the edges tell them apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from twostream.data.synthetic.canvas import Canvas
+from twostream.data.synthetic.scenes import room
+
+__all__ = ["RELATION_LAYOUTS", "RELATION_SCENES"]
+
+# The relation-only pair: scene -> the object that touches the table in that scene (the other one stands apart)
+RELATION_SCENES: dict[str, str] = {"dining_room": "chair", "living_room": "sofa"}
+
+
+def _boxes(c: Canvas, r: np.random.Generator, toucher: str, side: int | None = None) -> None:
+    """Layout ``boxes``: ``[toucher][table] gap [other]`` on the floor, or mirrored (``side``: -1 puts the toucher
+    left of the table, +1 right, ``None`` draws it).
+
+    Every random draw happens in the same order whatever ``toucher`` is, and sizes are integers in pixels, so the
+    two variants of one seed have the same pixel count per class; only the adjacency table–chair / table–sofa
+    differs.
+    """
+    assert toucher in ("chair", "sofa")
+    h, w = c.h, c.w
+    top, hz = room(c, r, ceiling=True, slant=False)  # flat: where an object stands cannot change what it touches
+    px = r.uniform(0.2, 0.55)
+    c.rect("painting", px, top + 0.06, px + 0.22, top + 0.2)
+    size = {  # (width, height) in pixels; the bottom edge of each stands on the floor
+        "table": (round(r.uniform(0.22, 0.3) * w), round(r.uniform(0.12, 0.18) * h)),
+        "chair": (round(r.uniform(0.08, 0.12) * w), round(r.uniform(0.2, 0.26) * h)),
+        "sofa": (round(r.uniform(0.2, 0.28) * w), round(r.uniform(0.16, 0.22) * h)),
+    }
+    gap = round(r.uniform(0.06, 0.12) * w)
+    y1 = round((hz + r.uniform(0.12, 0.2)) * h)
+    mirrored = r.random() < 0.5
+    if side is not None:
+        mirrored = side > 0
+    other = "sofa" if toucher == "chair" else "chair"
+    row = [toucher, "table", other]
+    total = sum(size[n][0] for n in row) + gap
+    x = round(r.uniform(0.03, 0.97 - total / w) * w)
+    if mirrored:  # [other] gap [table][toucher]
+        row = row[::-1]
+    left: dict[str, int] = {}
+    for k, name in enumerate(row):
+        left[name] = x
+        x += size[name][0] + (gap if (k == 1 and not mirrored) or (k == 0 and mirrored) else 0)
+    for name in ("table", "chair", "sofa"):  # fixed painting order: object ids (and so colours) match across variants
+        bw, bh = size[name]
+        c.rect_px(name, left[name], y1 - bh, left[name] + bw, y1)
+
+
+def _irregular(c: Canvas, r: np.random.Generator, toucher: str, side: int | None = None) -> None:
+    """Layout ``irregular`` (see the module docstring); ``side`` is the side of the thin leg and the toucher (-1 left,
+    +1 right; ``None`` draws it). All sizes in pixels, in units ``u`` of 1 px per whole 64 px of image."""
+    assert toucher in ("chair", "sofa")
+    h, w = c.h, c.w
+    top, hz = room(c, r, ceiling=True, slant=False)  # flat: where an object stands cannot change what it touches
+    px = r.uniform(0.2, 0.55)
+    c.rect("painting", px, top + 0.06, px + 0.22, top + 0.2)
+    if min(h, w) < 64:
+        raise ValueError(f"synthetic: the irregular relation layout needs images of at least 64x64 pixels (its table "
+                         f"legs and gaps are whole pixels), got {h}x{w}")
+    u = min(h, w) // 64
+    # legs 2u (thin) and 4u (thick) wide at distances e1, e2 from the centre line: 2u(e1 + u) = 4u(e2 + 2u), so
+    # their first moments about the centre line cancel and the table's centroid is its box centre, whichever side
+    e2 = int(r.integers(u, 2 * u + 1))
+    e1 = 2 * e2 + 3 * u
+    half = int(r.integers(10 * u, 13 * u + 1))  # half the table's width
+    reach = half - e1 - 2 * u  # how far a seat reaches under the slab: to the thin leg exactly; >= u
+    slab = max(2, round(r.uniform(0.03, 0.05) * h))
+    legs = max(6 * u, round(r.uniform(0.1, 0.15) * h))
+    y1 = round((hz + r.uniform(0.12, 0.2)) * h)  # where everything stands on the floor (exclusive)
+    shape = {}  # name -> (body width, body height, gap to the table, seat thickness, seat top)
+    for name, (wr, hr) in (("chair", ((0.08, 0.12), (0.2, 0.26))), ("sofa", ((0.14, 0.2), (0.16, 0.22)))):
+        bw, bh = round(r.uniform(*wr) * w), round(r.uniform(*hr) * h)
+        gap = int(r.integers(u, 3 * u + 1))
+        thick = int(r.integers(2 * u, 3 * u + 1))
+        lowest_top = max(y1 - legs + u, y1 - bh)  # one free row (u) under the slab; the seat joins the body
+        seat_top = int(r.integers(lowest_top, y1 - thick + 1))
+        shape[name] = (bw, bh, gap, thick, seat_top)
+    drawn = -1 if r.random() < 0.5 else 1
+    side = drawn if side is None else side
+    other = "sofa" if toucher == "chair" else "chair"
+    left, right = (toucher, other) if side < 0 else (other, toucher)
+    total = shape[left][0] + shape[left][2] + 2 * half + shape[right][2] + shape[right][0]
+    x = round(r.uniform(0.03, 0.97 - total / w) * w)
+    tx = x + shape[left][0] + shape[left][2]  # the table's left edge
+    cx, top_y = tx + half, y1 - legs - slab
+    table = c.rect_px("table", tx, top_y, tx + 2 * half, top_y + slab)
+    for leg_side in (-1, 1):
+        thin = leg_side == side
+        e, lw = (e1, 2 * u) if thin else (e2, 4 * u)
+        x0 = cx + e if leg_side > 0 else cx - e - lw
+        c.rect_px("table", x0, top_y + slab, x0 + lw, y1, obj=table)
+    for name in ("chair", "sofa"):  # fixed painting order: object ids (and so colours) match across variants
+        bw, bh, gap, thick, seat_top = shape[name]
+        if name == left:
+            body0, seat0, seat1 = tx - gap - bw, tx - gap, tx + reach
+        else:
+            body0 = tx + 2 * half + gap
+            seat0, seat1 = tx + 2 * half - reach, body0
+        obj = c.rect_px(name, body0, y1 - bh, body0 + bw, y1)
+        c.rect_px(name, seat0, seat_top, seat1, seat_top + thick, obj=obj)
+
+
+# name -> layout(canvas, generator, toucher, side=None); see the module docstring
+RELATION_LAYOUTS: dict[str, Callable[..., None]] = {"boxes": _boxes, "irregular": _irregular}
