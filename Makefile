@@ -7,27 +7,30 @@ STAMP  := $(VENV)/.twostream-installed
 # An optional prebuilt detectron2 wheel (see ../shared/wheels/README.md); detectron2 is not on PyPI.
 D2_WHEEL := $(firstword $(wildcard ../shared/wheels/detectron2-*.whl))
 
-.PHONY: setup test lint demo clean-demo
+.PHONY: setup browser test lint demo clean-demo
 
 setup: $(STAMP)
 
+# Python packages only: the package with its extras (dev: tests and lint; hf: published segmenters; demo: Gradio).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev,hf]"
+	$(BIN)/python -m pip install -q -e ".[dev,hf,demo]"
 # detectron2 is not on PyPI: install the prebuilt wheel when ../shared/wheels has one (its model zoo needs
 # pkg_resources, which setuptools 81 dropped).
 	$(if $(D2_WHEEL),$(BIN)/python -m pip install -q 'setuptools<81' $(D2_WHEEL))
-# The browser test needs Chromium and its driver: install them when missing and apt-get can (CI runs as root);
-# without Chromium that test is skipped, and this line never fails the build.
-	-@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "note: Chromium not installed; the browser tests will be skipped"
 	touch $(STAMP)
+
+# The browser test needs Chromium and its driver: install them when missing and apt-get can (CI runs as root);
+# without Chromium that test is skipped, and this line never fails the build. Only `make test` asks for it.
+browser:
+	-@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "note: Chromium not installed; the browser tests will be skipped"
 
 lint: setup
 	$(BIN)/ruff check .
 
 # The test suite (CI runs exactly this through .ci/run).
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
