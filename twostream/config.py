@@ -124,6 +124,9 @@ class DataConfig:
     # never changes because a folder appeared.
     instances: bool = False
     max_items: int = 0  # use only the first N items of each split (0 = all); for smoke runs
+    # The annotations' label set: "" = <root>/class_table.csv when the dataset has one (tools/prepare_dataset.py
+    # writes it), else ADE20K-150; "ade20k150"; or a path to a CSV of id,name[,stuff,r,g,b] (ids 0..K-1).
+    class_table: str = ""
     num_workers: int = 2
 
 

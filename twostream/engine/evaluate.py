@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from twostream.config import Config, config_from_dict
-from twostream.data.classes import ClassTable, ade20k150
+from twostream.data.classes import ClassTable, dataset_class_table
 from twostream.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from twostream.engine.data import WithGraphs, collate
 from twostream.engine.distributed import resolve_device
@@ -38,15 +38,18 @@ def _dataset(cfg: Config, split: str, vocabulary, instances: bool = False):
     from twostream.data.transforms import build_transforms
 
     return ADE20KDataset(cfg.data.root, split, vocabulary, transform=build_transforms(cfg.data, train=False),
-                         skip_bad=cfg.data.skip_bad, max_items=cfg.data.max_items, instances=instances)
+                         skip_bad=cfg.data.skip_bad, max_items=cfg.data.max_items, instances=instances,
+                         class_table=dataset_class_table(cfg.data))
 
 
-def _scores_segmentation(class_table: ClassTable) -> bool:
-    """Segmentation and graph quality are defined against ADE20K annotations only for the ADE20K-150 label set."""
-    if tuple(class_table.names) == tuple(ade20k150().names):
+def _scores_segmentation(class_table: ClassTable, cfg: Config) -> bool:
+    """Segmentation and graph quality are defined when the segmenter predicts the annotations' label set (ADE20K-150,
+    or the dataset's own class_table.csv)."""
+    annotations = dataset_class_table(cfg.data)
+    if tuple(class_table.names) == tuple(annotations.names):
         return True
-    log.warning("the segmenter predicts '%s' labels, the annotations are ADE20K-150: mIoU and graph quality are "
-                "not scored", class_table.name)
+    log.warning("the segmenter predicts '%s' labels, the annotations are '%s': mIoU and graph quality are "
+                "not scored", class_table.name, annotations.name)
     return False
 
 
@@ -111,8 +114,9 @@ def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, 
     from twostream.graph.metrics import GraphMetrics
 
     segmenter = load_segmenter(path, device)
-    if not _scores_segmentation(class_table):
-        raise ValueError(f"{path}: a segmenter of '{class_table.name}' labels cannot be scored on ADE20K annotations")
+    if not _scores_segmentation(class_table, cfg):
+        raise ValueError(f"{path}: a segmenter of '{class_table.name}' labels cannot be scored on the annotations of "
+                         f"{cfg.data.root} ('{dataset_class_table(cfg.data).name}' labels)")
     seg, graph = SegMetrics(class_table, device=device), GraphMetrics()
     # PQ when the checkpoint has the panoptic head and the data its instance annotations (data.instances)
     panoptic = PanopticMetrics(class_table, device=device) if cfg.data.instances else None
@@ -177,7 +181,7 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     if graphs == "gt" and m.gnn.enabled:
         dataset = WithGraphs(dataset, builder=builder)
     scenes = SceneMetrics(vocabulary.names, topk=cfg.eval.topk, device=device)
-    scored = graphs == "online" and _scores_segmentation(class_table)
+    scored = graphs == "online" and _scores_segmentation(class_table, cfg)
     seg = SegMetrics(class_table, device=device) if scored else None
     graph_quality = GraphMetrics() if scored else None
     with torch.no_grad():

@@ -52,7 +52,7 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
         out: the cache folder when one split is built (default ``graph.cache_dir`` or the default folder).
     """
     from twostream.data.ade20k import ADE20KDataset
-    from twostream.data.classes import ade20k150
+    from twostream.data.classes import dataset_class_table
     from twostream.data.transforms import build_transforms
     from twostream.engine.distributed import resolve_device
     from twostream.graph.builder import SceneGraphBuilder
@@ -64,7 +64,7 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
     if (out or cfg.graph.cache_dir) and len(splits) > 1:
         raise ValueError("one cache folder (--out / graph.cache_dir) holds one split; pass a single --split")
     predict, identity, dev = None, None, torch.device("cpu")
-    class_table = ade20k150()
+    class_table = annotations = dataset_class_table(cfg.data)
     if source == "pred":
         dev = resolve_device(device)
         segmenter = segmenter_for_cache(cfg, dev)
@@ -76,7 +76,7 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
     for split in splits:
         dataset = ADE20KDataset(cfg.data.root, split, vocabulary=None,
                                 transform=build_transforms(cfg.data, train=False), skip_bad=cfg.data.skip_bad,
-                                max_items=cfg.data.max_items)
+                                max_items=cfg.data.max_items, class_table=annotations)
         folder = Path(out or cfg.graph.cache_dir or default_cache_dir(cfg, split, source))
         log.info("%s: %d items -> %s (%s)", split, len(dataset), folder, builder)
         with torch.inference_mode():
