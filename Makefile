@@ -45,7 +45,7 @@ demo: setup
 	$(BIN)/python tools/eval.py --checkpoint runs/quickstart
 	photos=$$($(BIN)/python -c "import pathlib, skimage; print(pathlib.Path(skimage.__file__).parent / 'data')") && \
 	$(BIN)/python tools/infer.py $$photos/coffee.png $$photos/chelsea.png $$photos/astronaut.png $$photos/rocket.jpg \
-		--checkpoint runs/quickstart --out runs/quickstart/infer
+		--checkpoint runs/quickstart --out runs/quickstart/infer --save all
 	@echo "demo done: runs/quickstart holds the checkpoints, eval-validation/ the metrics, infer/ the predictions"
 
 clean-demo:

@@ -37,12 +37,14 @@ def main(args: argparse.Namespace) -> int:
 
     from twostream.config import config_to_dict, load_config
     from twostream.engine.trainer import train
+    from twostream.model_card import record_command
 
     cfg = load_config(args.config, args.opts)
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None), end="")
         return 0
     logging.getLogger(__name__).info("training stage '%s' with %s", cfg.train.stage, args.config)
+    record_command(cfg.output.dir)  # <output.dir>/command.txt: the model card says which command trained the model
     train(cfg, resume=args.resume, fresh=args.fresh)
     return 0
 

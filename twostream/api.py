@@ -15,8 +15,9 @@
 It is a thin layer over :class:`twostream.inference.Predictor`, the engine that runs the model: loading goes through
 ``Predictor.from_checkpoint`` (run folder | checkpoint | export folder), prediction through ``Predictor.predict`` and
 results are its :class:`~twostream.inference.Prediction` objects. Saving and pushing come from huggingface_hub's
-``ModelHubMixin``; the folder is the export format of :func:`~twostream.engine.checkpoint.write_export` (every tool
-reads it: ``tools/infer.py --checkpoint FOLDER``) plus ``config.json`` and the model card ``README.md``
+``ModelHubMixin``; the folder is the export format of :func:`~twostream.engine.checkpoint.export_safetensors`,
+written from the weights in memory by :func:`write_model_folder` (every tool reads it: ``tools/infer.py
+--checkpoint FOLDER``), plus ``config.json`` and the model card ``README.md``
 (:mod:`twostream.model_card`). Nothing is pickled.
 """
 
@@ -38,7 +39,7 @@ from twostream.model_card import HUB_FORMAT, REPO_URL, TAGS, ModelInfo, collect_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImageInput", "SceneClassifier", "as_rgb"]
+__all__ = ["ImageInput", "SceneClassifier", "as_rgb", "write_model_folder"]
 
 ImageInput = Any  # str | Path | PIL.Image.Image | np.ndarray | torch.Tensor (typing PIL would import it eagerly)
 # What a saved folder must hold (the export format); README.md and config.json are for the Hub, not for loading.
@@ -124,6 +125,43 @@ def _split_inputs(images: ImageInput | Sequence[ImageInput]) -> tuple[list, bool
     if isinstance(images, np.ndarray | torch.Tensor) and images.ndim == 4:
         return list(images), False
     return [images], True
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The folder
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def write_model_folder(out_dir: str | Path, *, state: dict[str, torch.Tensor], config, vocabulary,
+                       class_table: dict, stage: str = "classifier", step: int | None = None) -> Path:
+    """The export files of :func:`~twostream.engine.checkpoint.export_safetensors` (same names, same
+    ``model.safetensors`` metadata), from weights in memory: ``model.safetensors`` (written to a temporary file and
+    renamed), ``config.yaml``, ``vocabulary.json`` (a ``SceneVocabulary``: its training counts are kept) and
+    ``class_table.json``. Returns the weights file."""
+    import json
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from twostream.config import save_config
+    from twostream.engine.checkpoint import FORMAT
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    fd, tmp = tempfile.mkstemp(prefix=".model.safetensors.", suffix=".tmp", dir=out)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": FORMAT, "stage": str(stage), "step": str(step)})
+        os.replace(tmp, out / "model.safetensors")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    save_config(config, out / "config.yaml")
+    vocabulary.save(out / "vocabulary.json")
+    (out / "class_table.json").write_text(json.dumps(class_table))
+    return out / "model.safetensors"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -315,10 +353,8 @@ class SceneClassifier(ModelHubMixin, library_name="twostream", tags=TAGS, repo_u
         (:meth:`generate_model_card`), regenerated on every save (an old card would report old figures)."""
         import json
 
-        from twostream.engine.checkpoint import write_export
-
         save_directory = Path(save_directory)
-        write_export(save_directory, state=self.predictor.model.state_dict(), config=self.predictor.cfg,
+        write_model_folder(save_directory, state=self.predictor.model.state_dict(), config=self.predictor.cfg,
                      vocabulary=self.info.vocabulary, class_table=self._class_table_dict(), stage="classifier",
                      step=self.info.step)
         (save_directory / "config.json").write_text(json.dumps(hub_config(self.predictor, self.info), indent=1)

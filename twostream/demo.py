@@ -9,7 +9,8 @@ graph | the graph), the interactive viewer of :func:`twostream.viz.scene_graph_h
 script and keeps its CSS away from the page), the prediction JSON (scenes + scene graph), and, where the installed
 Predictor explains predictions, the explanation.
 
-The API endpoint ``predict`` takes one image and returns those outputs in that order::
+The API endpoint ``predict`` takes one image and returns those outputs in that order (then the explanation's JSON
+and its class-activation map, where the Predictor explains)::
 
     from gradio_client import Client, handle_file
     label, overlay, panel, viewer, prediction, *rest = Client("http://127.0.0.1:7860").predict(
@@ -77,7 +78,8 @@ def _explanation_json(explanation: Any) -> Any:
 def analyse(classifier: SceneClassifier, image: str | Path | np.ndarray, *, topk: int = 5,
             explain: bool = False) -> dict[str, Any]:
     """Everything the page shows for one image: ``{"label": {scene: probability}, "overlay": (H, W, 3) uint8,
-    "panel": (h, w, 3) uint8, "viewer": iframe HTML, "prediction": JSON, "explanation": JSON or None}``.
+    "panel": (h, w, 3) uint8, "viewer": iframe HTML, "prediction": JSON, "explanation": JSON or None, "cam": the
+    class-activation map over the image or None}``.
 
     Raises:
         DataError: the file cannot be read (one line naming it).
@@ -89,7 +91,7 @@ def analyse(classifier: SceneClassifier, image: str | Path | np.ndarray, *, topk
     pred = classifier.predict(rgb, topk=topk, explain=explain)
     out: dict[str, Any] = {"label": {name: float(p) for name, p in pred.scenes}, "overlay": None, "panel": None,
                            "viewer": "<p>This model has no graph stream (image-only): no segmentation, no graph.</p>",
-                           "prediction": pred.to_json(), "explanation": None}
+                           "prediction": pred.to_json(), "explanation": None, "cam": None}
     if pred.graph is not None:
         out["overlay"] = overlay(rgb, pred.sem_map, pred.class_table)
         view = GraphView("prediction", pred.graph, pred.sem_map, scene_topk=pred.scenes)
@@ -99,7 +101,13 @@ def analyse(classifier: SceneClassifier, image: str | Path | np.ndarray, *, topk
         out["panel"] = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()  # (h, w, 3) uint8
         out["viewer"] = viewer_iframe(scene_graph_html(rgb, view, title=title))
     if explain:
-        out["explanation"] = _explanation_json(getattr(pred, "explanation", None))
+        explanation = getattr(pred, "explanation", None)
+        out["explanation"] = _explanation_json(explanation)
+        cam = getattr(explanation, "cam", None)
+        if cam is not None:  # where in the image the top scene's evidence lies (twostream.explain's image CAM)
+            from twostream import viz
+
+            out["cam"] = viz.cam_overlay(rgb, cam) if hasattr(viz, "cam_overlay") else None
     return out
 
 
@@ -157,7 +165,7 @@ def build_demo(classifier: SceneClassifier, *, examples: Sequence[str | Path] | 
             # the modal renders HTML: the file name is escaped
             raise gr.Error(html.escape(message), title="Cannot read the image", print_exception=False) from None
         values = [out["label"], out["overlay"], out["panel"], out["viewer"], out["prediction"]]
-        return (*values, out["explanation"]) if explain else tuple(values)
+        return (*values, out["explanation"], out["cam"]) if explain else tuple(values)
 
     with gr.Blocks(title=name, analytics_enabled=False) as demo:
         gr.Markdown(f"# {html.escape(name)}\nWhat kind of place is this, and why: the scenes, the objects the "
@@ -179,7 +187,8 @@ def build_demo(classifier: SceneClassifier, *, examples: Sequence[str | Path] | 
         prediction = gr.JSON(label="prediction: scenes and scene graph (tools/infer.py's JSON)")
         outputs = [label, overlay, panel, viewer, prediction]
         if explain:
-            outputs.append(gr.JSON(label="explanation"))
+            outputs += [gr.JSON(label="explanation: which nodes, edges and image regions drove the scene"),
+                        gr.Image(label="image evidence (class-activation map)", type="numpy", interactive=False)]
         button.click(run, inputs=image, outputs=outputs, api_name="predict")
         image.upload(run, inputs=image, outputs=outputs, api_name=False)
     return demo

@@ -7,6 +7,7 @@ line naming it; the others carry on. With ``out_dir``, each image gets the files
 
     <stem>.json          json: Prediction.to_json() + "image" (the input path) + "sem_seg" (the PNG below, relative)
     <stem>_sem.png       sem: the semantic map at the image's size, a palette PNG: pixel value = label, colour = class
+    <stem>_cam.png       cam: an explained prediction's class-activation map over the image ("cam" in the JSON)
     <stem>_overlay.png   overlay: class colours blended over the image
     <stem>_panel.png     panel: image | overlay with the graph | the graph (twostream.viz.save_panel)
     <stem>.html          html: the interactive viewer (twostream.viz.write_html), self-contained
@@ -203,11 +204,22 @@ def _write_html(path: Path, image: np.ndarray, pred: Prediction, source: str | P
     write_html(path, image, _view(pred), title=Path(source).name)
 
 
-def _write_json(path: Path, image: np.ndarray, pred: Prediction, source: str | Path, sem_name: str | None = None
-                ) -> None:
-    record = {"image": str(source), **pred.to_json()}
-    if sem_name is not None:
-        record["sem_seg"] = sem_name
+def _write_cam(path: Path, image: np.ndarray, pred: Prediction, source: str | Path) -> None:
+    from PIL import Image
+
+    from twostream.viz import cam_overlay  # with twostream.explain
+
+    Image.fromarray(cam_overlay(image, pred.explanation.cam)).save(path, format="PNG")
+
+
+def _has_cam(pred: Prediction) -> bool:
+    return getattr(getattr(pred, "explanation", None), "cam", None) is not None
+
+
+def _write_json(path: Path, image: np.ndarray, pred: Prediction, source: str | Path,
+                names: dict[str, str] | None = None) -> None:
+    """The record; ``names``: JSON key -> file name of the files it refers to (``sem_seg``, ``cam``)."""
+    record = {"image": str(source), **pred.to_json(), **(names or {})}
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
@@ -215,10 +227,11 @@ def _write_json(path: Path, image: np.ndarray, pred: Prediction, source: str | P
 class Artefact:
     """One kind of file written per image: ``<stem><suffix>`` by ``write(path, image, prediction, source)``.
 
-    ``graph``: needs the map and the graph (skipped for an image-only model); ``drawing``: rendered (seconds, not
-    milliseconds), so it runs in the worker processes when there are any. ``bytes``: typical size of one file, for
-    the help text and the disk estimate (measured on the quick-start model, scikit-image photos of 300x451 to
-    512x512: see docs/inference.md).
+    ``graph``: needs the map and the graph (skipped for an image-only model); ``when``: written only for the
+    predictions it accepts (``cam``: an explained one); ``drawing``: rendered (a fraction of a second and more, not
+    milliseconds), so it runs in the worker processes when there are any; ``json_key``: the key under which the JSON
+    names the file (written before the JSON). ``bytes``: typical size of one file (quick-start model, scikit-image
+    photos: docs/inference.md).
     """
 
     name: str
@@ -228,11 +241,16 @@ class Artefact:
     graph: bool = True
     drawing: bool = False
     bytes: int = 0
+    when: Callable[[Prediction], bool] | None = None
+    json_key: str | None = None
 
 
 # Written in this order (the JSON names the map, so the map comes first). One more kind of file is one entry.
 ARTEFACTS: dict[str, Artefact] = {a.name: a for a in (
-    Artefact("sem", "_sem.png", _write_sem, "semantic map, palette PNG (labels as pixel values)", bytes=4_000),
+    Artefact("sem", "_sem.png", _write_sem, "semantic map, palette PNG (labels as pixel values)", bytes=4_000,
+             json_key="sem_seg"),
+    Artefact("cam", "_cam.png", _write_cam, "with explanations: the class-activation map over the image",
+             graph=False, bytes=300_000, when=_has_cam, json_key="cam"),
     Artefact("json", ".json", _write_json, "scenes + scene graph (what tools/visualize.py --prediction reads)",
              graph=False, bytes=6_000),
     Artefact("overlay", "_overlay.png", _write_overlay, "class colours over the image", drawing=True,
@@ -242,7 +260,7 @@ ARTEFACTS: dict[str, Artefact] = {a.name: a for a in (
     Artefact("html", ".html", _write_html, "interactive scene-graph viewer, self-contained", drawing=True,
              bytes=600_000),
 )}
-DEFAULT_SAVE = ("json", "sem")  # ~10 KB per photo: 36,500 images in ~0.4 GB
+DEFAULT_SAVE = ("json", "sem", "cam")  # a few KB per photo (and the CAM of explained predictions only)
 INDEX_FILE = "predictions.csv"
 
 
@@ -267,16 +285,18 @@ def write_outputs(out_dir: str | Path, stem: str, image: np.ndarray, pred: Predi
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
+    names: dict[str, str] = {}  # JSON key -> file, for the files the JSON refers to
     for name in parse_save(save):
         art = ARTEFACTS[name]
-        if art.graph and pred.graph is None:
+        if (art.graph and pred.graph is None) or (art.when is not None and not art.when(pred)):
             continue
         path = out / f"{stem}{art.suffix}"
         if name == "json":
-            sem = Path(files["sem"]).name if "sem" in files else None
-            _write_json(path, image, pred, source, sem_name=sem)
+            _write_json(path, image, pred, source, names)
         else:
             art.write(path, image, pred, source)
+            if art.json_key:
+                names[art.json_key] = path.name
         files[name] = str(path)
     return files
 

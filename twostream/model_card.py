@@ -1,7 +1,7 @@
 """What a shared model says about itself: provenance gathered from the run folder, ``config.json`` and the model card.
 
 A saved model folder (``SceneClassifier.save_pretrained``, ``tools/export.py``) is the export format of
-:func:`~twostream.engine.checkpoint.write_export` (``model.safetensors``, ``config.yaml``, ``vocabulary.json``,
+:func:`~twostream.engine.checkpoint.export_safetensors` (``model.safetensors``, ``config.yaml``, ``vocabulary.json``,
 ``class_table.json``) plus two files for the Hugging Face Hub:
 
 - ``config.json``: what the Hub and a reader without YAML look at (the format, the scenes, the label set, the input
@@ -221,7 +221,10 @@ def collect_info(source: str | Path, predictor: Predictor, *, hub_id: str | None
                                               train_counts=record["train_counts"])
         return info
 
-    from twostream.inference import resolve_checkpoint
+    try:  # where the one resolver of run folder | checkpoint | export lives (moving out of inference.py)
+        from twostream.engine.checkpoint import resolve_checkpoint
+    except ImportError:
+        from twostream.inference import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(path)
     info.step = _checkpoint_step(checkpoint)

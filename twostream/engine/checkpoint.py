@@ -38,7 +38,6 @@ __all__ = [
     "load_model_state",
     "load_segmenter",
     "restore_rng",
-    "write_export",
 ]
 
 FORMAT = "twostream-checkpoint-v1"
@@ -226,42 +225,22 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu"):
 def export_safetensors(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Model-only export for sharing: ``model.safetensors`` + ``config.yaml`` + ``vocabulary.json`` +
     ``class_table.json`` in ``out_dir`` (no optimizer state; loads without pickle)."""
-    from twostream.config import config_from_dict
-
-    ckpt = load_checkpoint(checkpoint)
-    return write_export(out_dir, state=ckpt["model"], config=config_from_dict(ckpt["config"], source=str(checkpoint)),
-                        vocabulary=ckpt.get("vocabulary"), class_table=ckpt["class_table"],
-                        stage=ckpt.get("stage"), step=ckpt.get("step"))
-
-
-def write_export(out_dir: str | Path, *, state: dict[str, torch.Tensor], config, vocabulary=None,
-                 class_table: dict | Any, stage: str | None = "classifier", step: int | None = None) -> Path:
-    """Write the export folder from weights in memory (what :func:`export_safetensors` and
-    ``SceneClassifier.save_pretrained`` share): ``model.safetensors`` (written to a temporary file and renamed),
-    ``config.yaml``, ``vocabulary.json`` (a ``SceneVocabulary``, which keeps its training counts, or the scene
-    names) and ``class_table.json`` (a ``ClassTable`` or its dict)."""
     import json
 
     from safetensors.torch import save_file
 
-    from twostream.config import save_config
-    from twostream.data.vocabulary import SceneVocabulary
+    from twostream.config import config_from_dict, save_config
 
+    ckpt = load_checkpoint(checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(prefix=".model.safetensors.", suffix=".tmp", dir=out)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "stage": str(stage), "step": str(step)})
-        os.replace(tmp, out / "model.safetensors")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    save_config(config, out / "config.yaml")
-    if vocabulary:
-        vocab = vocabulary if isinstance(vocabulary, SceneVocabulary) else SceneVocabulary.from_names(vocabulary)
-        vocab.save(out / "vocabulary.json")
-    table = class_table if isinstance(class_table, dict) else class_table.to_dict()
-    (out / "class_table.json").write_text(json.dumps(table))
+    tensors = {k: v.contiguous() for k, v in ckpt["model"].items()}
+    save_file(tensors, str(out / "model.safetensors"),
+              metadata={"format": FORMAT, "stage": str(ckpt.get("stage")), "step": str(ckpt.get("step"))})
+    save_config(config_from_dict(ckpt["config"], source=str(checkpoint)), out / "config.yaml")
+    if ckpt.get("vocabulary"):
+        from twostream.data.vocabulary import SceneVocabulary
+
+        SceneVocabulary.from_names(ckpt["vocabulary"]).save(out / "vocabulary.json")
+    (out / "class_table.json").write_text(json.dumps(ckpt["class_table"]))
     return out / "model.safetensors"
