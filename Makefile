@@ -36,16 +36,10 @@ test: setup browser
 
 # The quick start, end to end on CPU: synthetic ADE20K-format scenes -> (1) train the segmenter -> (2) cache its scene
 # graphs -> (3) train the two-stream classifier -> evaluate -> infer on real photographs shipped with scikit-image.
-# Every step is resumable: running `make demo` again skips what is done.
+# tools/quickstart.py runs exactly these tool commands (it prints each) in one process, so the start-up (torch,
+# torch_geometric, ...) is paid once, not six times. Every step is resumable: running `make demo` again skips what is done.
 demo: setup
-	$(BIN)/python tools/make_synthetic.py --out datasets/synthetic
-	$(BIN)/python tools/train.py --config configs/seg/quickstart.yaml
-	$(BIN)/python tools/build_graphs.py --config configs/quickstart.yaml --no-progress
-	$(BIN)/python tools/train.py --config configs/quickstart.yaml
-	$(BIN)/python tools/eval.py --checkpoint runs/quickstart
-	photos=$$($(BIN)/python -c "import pathlib, skimage; print(pathlib.Path(skimage.__file__).parent / 'data')") && \
-	$(BIN)/python tools/infer.py $$photos/coffee.png $$photos/chelsea.png $$photos/astronaut.png $$photos/rocket.jpg \
-		--checkpoint runs/quickstart --out runs/quickstart/infer --save all
+	$(BIN)/python tools/quickstart.py
 	@echo "demo done: runs/quickstart holds the checkpoints, eval-validation/ the metrics, infer/ the predictions"
 
 clean-demo:
