@@ -354,6 +354,7 @@ class SceneClassifier(ModelHubMixin, library_name="twostream", tags=TAGS, repo_u
         import json
 
         save_directory = Path(save_directory)
+        self._saving_to = save_directory  # the card's usage example names the folder (or the Hub id, when pushing)
         write_model_folder(save_directory, state=self.predictor.model.state_dict(), config=self.predictor.cfg,
                      vocabulary=self.info.vocabulary, class_table=self._class_table_dict(), stage="classifier",
                      step=self.info.step)
@@ -372,7 +373,7 @@ class SceneClassifier(ModelHubMixin, library_name="twostream", tags=TAGS, repo_u
 
     def generate_model_card(self, *args, repo_id: str | None = None, **kwargs):
         """The model card (README.md) of this model: :func:`twostream.model_card.model_card`."""
-        return model_card(self.predictor, self.info, repo_id=repo_id)
+        return model_card(self.predictor, self.info, repo_id=repo_id or getattr(self, "_saving_to", None))
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
         """Save into a temporary folder and upload it as the Hub repository ``repo_id`` (``user/name``); the card's

@@ -360,7 +360,11 @@ def _config_table(predictor: Predictor, info: ModelInfo) -> list[str]:
         rows.append(("segmenter", f"{detail}{label_set}; {params.get('segmenter', 0):,} parameters"))
         rows.append(("scene graph", f"one node per {'present class' if g.granularity == 'class' else 'region'}, "
                                     f"edges between nodes that touch ({g.connectivity}-connectivity, tolerance "
-                                    f"{g.tolerance} px); graphs from {g.source}"))
+                                    f"{g.tolerance} px); " + {
+                                        "pred": "trained on the segmenter's cached predictions, built from its map "
+                                                "at inference",
+                                        "gt": "trained on graphs of the annotations",
+                                        "online": "built inside the model from the segmenter's map"}[g.source]))
         rows.append(("graph encoder", f"{m.gnn.type.upper()}, {m.gnn.num_layers} layers of {m.gnn.hidden_dim}"
                                       f"{f', {m.gnn.heads} heads' if m.gnn.type.startswith('gat') else ''}, "
                                       f"{m.gnn.norm} norm, {m.gnn.readout} readout; "
@@ -415,8 +419,9 @@ def _evaluation_lines(info: ModelInfo) -> list[str]:
     return lines
 
 
-def model_card(predictor: Predictor, info: ModelInfo, *, repo_id: str | None = None) -> ModelCard:
-    """The README.md of a saved model (module docstring); ``repo_id`` is used in the usage example."""
+def model_card(predictor: Predictor, info: ModelInfo, *, repo_id: str | Path | None = None) -> ModelCard:
+    """The README.md of a saved model (module docstring); ``repo_id`` (a Hub id or the folder) is used in the usage
+    example."""
     from huggingface_hub import ModelCard, ModelCardData
 
     cfg = predictor.cfg
@@ -426,7 +431,7 @@ def model_card(predictor: Predictor, info: ModelInfo, *, repo_id: str | None = N
     data = ModelCardData(library_name="twostream", license="apache-2.0", pipeline_tag="image-classification",
                          tags=TAGS, datasets=[dataset_id], metrics=["accuracy", "mean_iou", "f1"],
                          model_name=title, eval_results=_eval_results(info, dataset_id, dataset_name) or None)
-    name = repo_id or info.source or "path/to/this/folder"
+    name = str(repo_id or info.source or "path/to/this/folder")
     synthetic = "synthetic" in dataset_id.lower()
     body = [f"# {title}", ""]
     body.append(
