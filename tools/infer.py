@@ -3,14 +3,14 @@
 
     python tools/infer.py photo.jpg                                   # the quick-start model (runs/quickstart)
     python tools/infer.py photos/ 'more/**/*.png' --checkpoint runs/swin_gat --out predictions/
-    python tools/infer.py photos/ --out predictions/ --save all       # also the drawings (~1.6 MB per image)
+    python tools/infer.py photos/ --out predictions/ --save all       # also the drawings (~1 MB per image)
     python tools/infer.py photo.jpg --segmenter hf:nvidia/segformer-b0-finetuned-ade-512-512   # graphs only
     python tools/infer.py photos/ --json > predictions.json           # one JSON document on stdout
 
 Inputs are image files, folders (their images) and glob patterns. --out DIR receives predictions.csv (one row per
 input: top-k scenes, node and pair counts, error) and per image what --save names: json (<stem>.json: scenes + scene
 graph, what tools/visualize.py --prediction reads) and sem (<stem>_sem.png, palette PNG of the semantic map) by
-default, ~10 KB per image; overlay, panel and html (~0.4-0.6 MB each) on request, drawn in worker processes. A bad
+default, ~8 KB per image; overlay, panel and html (0.2-0.5 MB each) on request, drawn in worker processes. A bad
 input is reported on one line and skipped; the exit status is then 1. A missing or unusable checkpoint stops at once
 with exit status 2.
 """
@@ -46,11 +46,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write predictions.csv and the files --save names into this folder (default: none)")
     p.add_argument("--save", default=",".join(DEFAULT_SAVE), metavar="KINDS",
-                   help=f"with --out: comma list of {','.join(ARTEFACTS)}, or all, or none (index only) "
-                        f"(default: {','.join(DEFAULT_SAVE)})")
+                   help="with --out: comma list of " + ", ".join(f"{n} (~{a.bytes // 1000} KB)" for n, a in
+                                                                 ARTEFACTS.items()) +
+                        f" per image, or all, or none (index only) (default: {','.join(DEFAULT_SAVE)})")
     p.add_argument("--workers", type=int, default=None,
-                   help="processes drawing overlay/panel/html while the model runs (default: up to 4, one less than "
-                        "the CPU count, when drawings are asked for and there are more than 8 inputs; 0 = none)")
+                   help="processes drawing overlay/panel/html while the model runs (default: with 4 or more CPUs, "
+                        "more than 8 inputs and drawings asked for, up to 4, one less than the CPU count; else 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
     p.add_argument("--quiet", action="store_true", help="no per-image summary on stdout (errors still print)")
     p.add_argument("--json", action="store_true",
@@ -95,7 +96,9 @@ def main(args: argparse.Namespace) -> int:
     drawings = args.out is not None and any(ARTEFACTS[n].drawing for n in save)
     workers = args.workers
     if workers is None:
-        workers = min(4, (os.cpu_count() or 1) - 1) if drawings and len(inputs) > 8 else 0
+        # on 2 cores a drawing process only competes with the model for the same CPUs (measured: docs/inference.md)
+        cpus = os.cpu_count() or 1
+        workers = min(4, cpus - 1) if drawings and len(inputs) > 8 and cpus >= 4 else 0
     progress = not args.no_progress and sys.stderr.isatty() and len(inputs) > 1
     say = tqdm.write if progress else print
 

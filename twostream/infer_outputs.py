@@ -14,9 +14,9 @@ line naming it; the others carry on. With ``out_dir``, each image gets the files
 
 and the run one index, ``predictions.csv`` (:data:`INDEX_COLUMNS`: input, top-k scenes and probabilities, node and
 touching-pair counts, error), one row per input as it completes, which spreadsheets and ``pandas.read_csv`` read.
-The default (JSON + palette map, ~10 KB per photo) keeps a folder of tens of thousands of images near 1 GB; the
-drawings cost ~0.5 MB and most of the time per image, so they are rendered in worker processes
-(``render_workers``) while the model runs on.
+The default (JSON + palette map, 7.7 KB per photo) keeps a folder of tens of thousands of images well under 1 GB;
+the drawings cost 0.2-0.5 MB each and most of the time per image, so they are asked for, and rendered in worker
+processes (``render_workers``) while the model runs on.
 
 An image-only model has no map and no graph: only ``<stem>.json`` is written. Two inputs with one stem (``a/x.jpg``,
 ``b/x.png``) get ``x`` and ``x-2``.
@@ -247,20 +247,20 @@ class Artefact:
 
 # Written in this order (the JSON names the map, so the map comes first). One more kind of file is one entry.
 ARTEFACTS: dict[str, Artefact] = {a.name: a for a in (
-    Artefact("sem", "_sem.png", _write_sem, "semantic map, palette PNG (labels as pixel values)", bytes=4_000,
+    Artefact("sem", "_sem.png", _write_sem, "semantic map, palette PNG (labels as pixel values)", bytes=2_500,
              json_key="sem_seg"),
     Artefact("cam", "_cam.png", _write_cam, "with explanations: the class-activation map over the image",
              graph=False, bytes=300_000, when=_has_cam, json_key="cam"),
     Artefact("json", ".json", _write_json, "scenes + scene graph (what tools/visualize.py --prediction reads)",
-             graph=False, bytes=6_000),
+             graph=False, bytes=5_200),
     Artefact("overlay", "_overlay.png", _write_overlay, "class colours over the image", drawing=True,
-             bytes=400_000),
+             bytes=190_000),
     Artefact("panel", "_panel.png", _write_panel, "image | overlay with the graph | the graph", drawing=True,
-             bytes=600_000),
+             bytes=460_000),
     Artefact("html", ".html", _write_html, "interactive scene-graph viewer, self-contained", drawing=True,
-             bytes=600_000),
+             bytes=300_000),
 )}
-DEFAULT_SAVE = ("json", "sem", "cam")  # a few KB per photo (and the CAM of explained predictions only)
+DEFAULT_SAVE = ("json", "sem", "cam")  # 7.7 KB per photo (and a CAM for explained predictions only)
 INDEX_FILE = "predictions.csv"
 
 
