@@ -154,6 +154,9 @@ def write_model_folder(out_dir: str | Path, *, state: dict[str, torch.Tensor], c
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": FORMAT, "stage": str(stage), "step": str(step)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a shared model is read by others
         os.replace(tmp, out / "model.safetensors")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
