@@ -94,3 +94,20 @@ def test_demo_predict_endpoint_and_bad_upload(server, tmp_path):
     assert "Traceback" not in message and "/tmp/gradio" not in message
     assert server["proc"].poll() is None  # the server carries on
     assert "Traceback" not in server["log"].read_text()
+
+
+def test_unreachable_hub_id_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """The model loads before Gradio starts: a source that cannot be loaded stops the tool at once."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_infer_tool import run_tool
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network: as if the Hub could not be reached
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.chdir(tmp_path)
+    for source, message in (("nobody/no-such-twostream-model", "nobody/no-such-twostream-model: no such folder or "
+                             "file here, and the Hugging Face Hub gave no model of that id"),
+                            ("empty", "empty: not a saved model: model.safetensors, config.yaml")):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        rc, _, err = run_tool(REPO / "tools" / "demo.py", "--checkpoint", source, capsys=capsys)
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert rc == 2 and len(errors) == 1 and message in errors[0], err
