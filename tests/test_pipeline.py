@@ -93,7 +93,8 @@ def test_infer_on_real_photographs_with_the_trained_checkpoint(staged_run):
 
     photos = [str(Path(skimage.__file__).parent / "data" / name) for name in PHOTOS]
     out = staged_run["base"] / "infer"
-    result = tool("tools/infer.py", *photos, "--checkpoint", str(staged_run["cls"]), "--out", str(out), "--json")
+    result = tool("tools/infer.py", *photos, "--checkpoint", str(staged_run["cls"]), "--out", str(out), "--save", "all",
+                  "--json")
     records = json.loads(result.stdout)
     assert [r["ok"] for r in records] == [True] * 4
     for name, record in zip(PHOTOS, records):
