@@ -7,42 +7,39 @@ STAMP  := $(VENV)/.twostream-installed
 # An optional prebuilt detectron2 wheel (see ../shared/wheels/README.md); detectron2 is not on PyPI.
 D2_WHEEL := $(firstword $(wildcard ../shared/wheels/detectron2-*.whl))
 
-.PHONY: setup test lint demo clean-demo
+.PHONY: setup browser test lint demo clean-demo
 
 setup: $(STAMP)
 
+# Python packages only: the package with its extras (dev: tests and lint; hf: published segmenters; demo: Gradio).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev,hf]"
+	$(BIN)/python -m pip install -q -e ".[dev,hf,demo]"
 # detectron2 is not on PyPI: install the prebuilt wheel when ../shared/wheels has one (its model zoo needs
 # pkg_resources, which setuptools 81 dropped).
 	$(if $(D2_WHEEL),$(BIN)/python -m pip install -q 'setuptools<81' $(D2_WHEEL))
-# The browser test needs Chromium and its driver: install them when missing and apt-get can (CI runs as root);
-# without Chromium that test is skipped, and this line never fails the build.
-	-@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "note: Chromium not installed; the browser tests will be skipped"
 	touch $(STAMP)
+
+# The browser test needs Chromium and its driver: install them when missing and apt-get can (CI runs as root);
+# without Chromium that test is skipped, and this line never fails the build. Only `make test` asks for it.
+browser:
+	-@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "note: Chromium not installed; the browser tests will be skipped"
 
 lint: setup
 	$(BIN)/ruff check .
 
 # The test suite (CI runs exactly this through .ci/run).
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # The quick start, end to end on CPU: synthetic ADE20K-format scenes -> (1) train the segmenter -> (2) cache its scene
 # graphs -> (3) train the two-stream classifier -> evaluate -> infer on real photographs shipped with scikit-image.
-# Every step is resumable: running `make demo` again skips what is done.
+# tools/quickstart.py runs exactly these tool commands (it prints each) in one process, so the start-up (torch,
+# torch_geometric, ...) is paid once, not six times. Every step is resumable: running `make demo` again skips what is done.
 demo: setup
-	$(BIN)/python tools/make_synthetic.py --out datasets/synthetic
-	$(BIN)/python tools/train.py --config configs/seg/quickstart.yaml
-	$(BIN)/python tools/build_graphs.py --config configs/quickstart.yaml --no-progress
-	$(BIN)/python tools/train.py --config configs/quickstart.yaml
-	$(BIN)/python tools/eval.py --checkpoint runs/quickstart
-	photos=$$($(BIN)/python -c "import pathlib, skimage; print(pathlib.Path(skimage.__file__).parent / 'data')") && \
-	$(BIN)/python tools/infer.py $$photos/coffee.png $$photos/chelsea.png $$photos/astronaut.png $$photos/rocket.jpg \
-		--checkpoint runs/quickstart --out runs/quickstart/infer
+	$(BIN)/python tools/quickstart.py
 	@echo "demo done: runs/quickstart holds the checkpoints, eval-validation/ the metrics, infer/ the predictions"
 
 clean-demo:

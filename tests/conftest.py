@@ -59,3 +59,19 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _restore_twostream_log_levels():
+    """Tools run in-process (runpy) quiet some loggers (``twostream.models`` to WARNING); later tests that read
+    ``caplog`` must see the levels every test starts with."""
+    import logging
+
+    def levels() -> dict[str, int]:
+        return {name: logging.getLogger(name).level for name in list(logging.root.manager.loggerDict)
+                if name.startswith("twostream")}
+
+    before = levels()
+    yield
+    for name in levels():
+        logging.getLogger(name).setLevel(before.get(name, logging.NOTSET))

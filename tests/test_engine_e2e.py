@@ -68,6 +68,10 @@ def test_two_process_ddp_matches_single_process(synthetic_root, tiny_config, tmp
     e1, e2 = records(tmp_path / "one", "eval")[-1], records(tmp_path / "two", "eval")[-1]
     assert e2["num_images"] == e1["num_images"] == 16  # metrics reduced over ranks, each image counted once
     assert e2["top1"] == pytest.approx(e1["top1"])
+    # the run records the command that trained it once, on rank 0 (the model card quotes it)
+    for run, name in ((tmp_path / "one", "one.yaml"), (tmp_path / "two", "two.yaml")):
+        [line] = (run / "command.txt").read_text().splitlines()
+        assert line.startswith("python tools/train.py --config") and line.endswith(name)
 
 
 def test_resume_refuses_a_different_config(synthetic_root, tiny_config, tmp_path):

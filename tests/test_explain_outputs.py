@@ -164,7 +164,7 @@ def test_infer_tool_explain_writes_cam_json_and_a_because_line(run, tmp_path, ca
     image = photos()["chelsea"][::3, ::3]
     Image.fromarray(image).save(tmp_path / "cat.png")
     rc, out, err = _run_tool(REPO / "tools" / "infer.py", tmp_path / "cat.png", "--checkpoint", run, "--out",
-                             tmp_path / "out", "--explain", "--device", "cpu", capsys=capsys)
+                             tmp_path / "out", "--explain", "--save", "all", "--device", "cpu", capsys=capsys)
     assert rc == 0, err
     assert "  because:  " in out
     record = json.loads((tmp_path / "out" / "cat.json").read_text())

@@ -80,7 +80,7 @@ def tool_run(run, inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(INFER), *map(str, inputs.values()), "--checkpoint", str(run),
-                           "--out", str(out), "--json", "--topk", "3", "--device", "cpu"],
+                           "--out", str(out), "--save", "all", "--json", "--topk", "3", "--device", "cpu"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     return proc, out
 

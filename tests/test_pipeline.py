@@ -93,7 +93,8 @@ def test_infer_on_real_photographs_with_the_trained_checkpoint(staged_run):
 
     photos = [str(Path(skimage.__file__).parent / "data" / name) for name in PHOTOS]
     out = staged_run["base"] / "infer"
-    result = tool("tools/infer.py", *photos, "--checkpoint", str(staged_run["cls"]), "--out", str(out), "--json")
+    result = tool("tools/infer.py", *photos, "--checkpoint", str(staged_run["cls"]), "--out", str(out), "--save", "all",
+                  "--json")
     records = json.loads(result.stdout)
     assert [r["ok"] for r in records] == [True] * 4
     for name, record in zip(PHOTOS, records):
@@ -135,8 +136,8 @@ def test_export_tool_round_trips_predictions(staged_run, tmp_path):
     from twostream.inference import Predictor
 
     tool("tools/export.py", "--checkpoint", str(staged_run["cls"]), "--out", str(tmp_path / "export"))
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
-        "class_table.json", "config.yaml", "model.safetensors", "vocabulary.json"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [  # the export files + config.json and the card
+        "README.md", "class_table.json", "config.json", "config.yaml", "model.safetensors", "vocabulary.json"]
     image = skimage.data.coffee()
     [a] = Predictor.from_checkpoint(staged_run["cls"]).predict([image])
     [b] = Predictor.from_checkpoint(tmp_path / "export").predict([image])

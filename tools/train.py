@@ -52,8 +52,8 @@ def main(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None), end="")
         return 0
     logging.getLogger(__name__).info("training stage '%s' with %s", cfg.train.stage, args.config)
-    try:
-        train(cfg, resume=args.resume, fresh=args.fresh)
+    try:  # command: <output.dir>/command.txt, the command the model card says trained the model
+        train(cfg, resume=args.resume, fresh=args.fresh, command=sys.argv)
     except Preempted as e:  # the checkpoint is written and the trainer logged where; the same command resumes
         return e.exit_code
     return 0

@@ -28,6 +28,9 @@ def run_cli(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[a
     """Parse arguments, set up logging, run ``main``; a known user error prints ``error: <one line>`` and returns 2."""
     args = get_parser().parse_args()
     setup_logging(getattr(args, "log_level", "INFO"))
+    from twostream.allocator import tune_allocator
+
+    tune_allocator()  # large CPU tensors reuse heap memory instead of faulting in fresh pages every step
     # torch_geometric's import calls torch.jit.script, which torch 2.9+ deprecates: noise for every tool run.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     try:

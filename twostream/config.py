@@ -15,6 +15,11 @@ key, the file it came from and what is allowed::
     Traceback (most recent call last):
     ConfigError: --opts: model.gnn.type: 'gin' is not allowed; choose one of: gcn, sage, gat, gatv2
 
+A bare name resolves to the config the package ships, from any directory (as detectron2's model-zoo names do):
+``load_config("swin_gat.yaml")``, ``load_config("seg/quickstart")`` or ``load_config("configs/swin_gat.yaml")``
+outside a checkout all read ``twostream/configs/`` (package data; in a checkout it is the repository's ``configs/``).
+A path that exists is always read as it is, so a local file of the same name wins.
+
 The resolved config is written beside every run's outputs by :func:`save_config` and loads back to an equal object.
 Resolved means: a classifier that needs no segmenter (an image-only model) has ``model.segmenter.kind: none`` and
 no ``model.segmenter.checkpoint``, whatever its base said, so nothing reads a segmenter checkpoint for it; and (done by
@@ -57,10 +62,16 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "resolve_config_path",
     "save_config",
     "section_hash",
     "segmenter_needed",
+    "shipped_configs",
 ]
+
+# The configs that ship with the package (package data). In a checkout, twostream/configs is a symlink to the
+# repository's configs/, so the two are one set of files.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -136,6 +147,9 @@ class DataConfig:
     # never changes because a folder appeared.
     instances: bool = False
     max_items: int = 0  # use only the first N items of each split (0 = all); for smoke runs
+    # The annotations' label set: "" = <root>/class_table.csv when the dataset has one (tools/prepare_dataset.py
+    # writes it), else ADE20K-150; "ade20k150"; or a path to a CSV of id,name[,stuff,r,g,b] (ids 0..K-1).
+    class_table: str = ""
     num_workers: int = 2
 
 
@@ -520,9 +534,43 @@ def _resolve(cfg: Config) -> Config:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def shipped_configs() -> list[str]:
+    """Names of the shipped experiment configs, relative to :data:`CONFIG_DIR` (``swin_gat.yaml``,
+    ``seg/quickstart.yaml``, ...); bases (``_base_.yaml``) are not experiments and are left out."""
+    if not CONFIG_DIR.is_dir():
+        return []
+    return sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")
+                  if not p.name.startswith("_"))
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """The YAML file ``name`` means: the path itself when it exists, else the shipped config of that name.
+
+    ``swin_gat.yaml``, ``swin_gat``, ``seg/quickstart.yaml`` and ``configs/seg/quickstart.yaml`` (the spelling of a
+    checkout, from anywhere) all find the shipped file; an absolute path is never looked up.
+
+    Raises:
+        ConfigError: neither exists; the message lists the shipped names (and the closest one).
+    """
+    path = Path(name)
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    if parts:
+        rel = Path(*parts)
+        for candidate in (rel, rel.with_name(rel.name + ".yaml")) if rel.suffix != ".yaml" else (rel,):
+            if (CONFIG_DIR / candidate).is_file():
+                return CONFIG_DIR / candidate
+    shipped = shipped_configs()
+    close = difflib.get_close_matches(Path(*parts).as_posix() if parts else str(name), shipped, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(f"{name}: config file not found here or among the shipped configs{hint}; shipped: "
+                      f"{', '.join(shipped) or 'none (twostream/configs is missing from this installation)'}")
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; the shipped configs are in configs/")
+        raise ConfigError(f"{path}: config file not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -563,7 +611,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Load a YAML config (with at most one ``_base_``), apply ``key=value`` overrides, and validate everything.
 
     Args:
-        path: YAML file; ``None`` starts from the defaults.
+        path: YAML file, or the name of a shipped config (:func:`resolve_config_path`); ``None`` starts from the
+            defaults.
         overrides: dotted ``key=value`` strings; values are parsed as YAML (``3``, ``true``, ``[128, 128]``).
 
     The result is resolved: a classifier that needs no segmenter gets ``model.segmenter.kind: none`` (see the module
@@ -575,7 +624,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = Config()
     source = "<defaults>"
     if path is not None:
-        path = Path(path)
+        path = resolve_config_path(path)
         raw = _read_yaml(path)
         base_name = raw.pop("_base_", None)
         if base_name is not None:

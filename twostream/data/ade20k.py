@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from twostream.config import Config
-from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150
+from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150, dataset_class_table
 from twostream.data.io import DataError, load_image, load_label, read_instances, read_scene_categories
 from twostream.data.transforms import InstanceMasks, build_transforms, instance_targets
 from twostream.data.vocabulary import SceneVocabulary, build_vocabulary
@@ -346,7 +346,7 @@ def open_dataset(cfg: Config, split: str, vocabulary: SceneVocabulary | None, tr
     d = cfg.data
     common = {"vocabulary": vocabulary, "transform": transform, "skip_bad": d.skip_bad, "max_items": d.max_items}
     if d.format == "ade20k":
-        return ADE20KDataset(d.root, split, instances=d.instances, **common)
+        return ADE20KDataset(d.root, split, instances=d.instances, class_table=dataset_class_table(d), **common)
     if d.format == "ade20k_full":
         from twostream.data.ade20k_full import ADE20KFullDataset
 
@@ -403,7 +403,8 @@ def build_datasets(cfg: Config) -> tuple[Any, Any, SceneVocabulary]:
     val_scenes = _split_scene_names(root, d.val_split, scenes)
     log.info("scene vocabulary (%s, unlisted: %s): %d classes\n%s", d.scenes.mode, d.scenes.unlisted, len(vocabulary),
              vocabulary.table({d.train_split: train_scenes, d.val_split: val_scenes}))
-    common = {"vocabulary": vocabulary, "skip_bad": d.skip_bad, "max_items": d.max_items, "instances": d.instances}
+    common = {"vocabulary": vocabulary, "skip_bad": d.skip_bad, "max_items": d.max_items, "instances": d.instances,
+              "class_table": dataset_class_table(d)}
     train = ADE20KDataset(root, d.train_split, transform=build_transforms(d, train=True), **common)
     val = ADE20KDataset(root, d.val_split, transform=build_transforms(d, train=False), **common)
     log.info("opened %s: %d training and %d validation items", root, len(train), len(val))

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from twostream.data.ade20k import INSTANCE_DIR, list_split, read_checked_instances, scene_file
-from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150
+from twostream.data.classes import IGNORE_INDEX, TABLE_FILE, ClassTable, ade20k150, read_class_table_csv
 from twostream.data.io import DataError, exif_orientation, load_image, load_label, read_scene_categories
 
 __all__ = ["CheckReport", "check_dataset"]
@@ -122,10 +122,17 @@ def check_dataset(
     Args:
         workers: threads decoding files (PIL releases the GIL while decoding).
         limit: check only the first N pairs of each split (0 = all); listing and scene checks always cover all.
-        class_table: the annotations' label set (default ADE20K-150: labels 0..150).
+        class_table: the annotations' label set (default: the dataset's own ``class_table.csv`` when it has one,
+            else ADE20K-150: labels 0..150).
     """
     root = Path(root)
     report = CheckReport(root=root, splits=list(splits))
+    if class_table is None and (root / TABLE_FILE).is_file():
+        try:
+            class_table = read_class_table_csv(root / TABLE_FILE, name=root.name)
+            report.notes.append(f"{root / TABLE_FILE}: the annotations' class table ({len(class_table)} labels)")
+        except ValueError as e:
+            report.problems.append(str(e))
     class_table = class_table or ade20k150()
     if not root.is_dir():
         report.problems.append(f"{root}: dataset folder not found")

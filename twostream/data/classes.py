@@ -4,6 +4,11 @@ A :class:`ClassTable` travels with every segmenter into the scene graph, the GNN
 the visualizer. The project's own table is ADE20K-150 as ADEChallengeData2016 numbers it: 0 = ``other`` (unlabelled),
 1..150 = the classes of objectInfo150 (``wall`` = 1). A segmenter trained on another label set (COCO, Cityscapes)
 carries its own table instead.
+
+A dataset of one's own (``tools/prepare_dataset.py``) keeps its table beside the data as ``class_table.csv`` (the
+columns of the shipped ``ade20k150.csv``: ``id,name,stuff,r,g,b``; ids ``0..K-1``, 0 = background);
+:func:`dataset_class_table` picks it up for training and evaluation (``data.class_table``), and the checkpoints carry
+it from there on.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ import csv
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IGNORE_INDEX", "ClassTable", "ade20k150"]
+__all__ = ["IGNORE_INDEX", "TABLE_FILE", "ClassTable", "ade20k150", "dataset_class_table", "default_palette",
+           "read_class_table_csv", "write_class_table_csv"]
 
 IGNORE_INDEX = 255  # label of pixels that carry no supervision (padding, augmentation borders)
+TABLE_FILE = "class_table.csv"  # a dataset's own class table, in its root folder
 
 
 @dataclass(frozen=True)
@@ -113,3 +121,84 @@ def ade20k150() -> ClassTable:
         stuff=tuple(r["stuff"] == "1" for r in rows),
         background=0,
     )
+
+
+def default_palette(n: int) -> np.ndarray:
+    """``(n, 3)`` uint8 colours for a table without its own: 0 black (background), then well-separated hues
+    (golden-ratio steps in hue, alternating lightness), the same for every run."""
+    import colorsys
+
+    colours = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(1, n):
+        h = (i * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(h, 0.65 if i % 2 else 0.85, 0.95 if i % 3 else 0.75)
+        colours[i] = (round(255 * r), round(255 * g), round(255 * b))
+    return colours
+
+
+def read_class_table_csv(path: str | Path, name: str | None = None) -> ClassTable:
+    """A class table from a CSV with a header ``id,name`` and optional ``stuff`` (0/1), ``r``, ``g``, ``b``; ids
+    must be ``0..K-1`` in order, ``0`` the background. ``name`` defaults to the dataset folder's name.
+
+    Raises:
+        ValueError: one line naming the file and the row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: class table not found")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"id", "name"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected a CSV with a header row 'id,name[,stuff,r,g,b]'")
+    has_rgb = all(c in rows[0] for c in "rgb")
+    names, palette, stuff = [], [], []
+    for line, row in enumerate(rows, start=2):
+        try:
+            ident = int(row["id"])
+            rgb = [int(row[c]) for c in "rgb"] if has_rgb else None
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: line {line}: id and r, g, b must be integers, got {row}") from None
+        if ident != line - 2:
+            raise ValueError(f"{path}: line {line}: id {ident}, expected {line - 2} (ids run 0..K-1 in order; "
+                             "tools/prepare_dataset.py writes such a table from any numbering)")
+        if not (row.get("name") or "").strip():
+            raise ValueError(f"{path}: line {line}: empty class name")
+        if rgb is not None and not all(0 <= v <= 255 for v in rgb):
+            raise ValueError(f"{path}: line {line}: colour {rgb} outside 0..255")
+        names.append(row["name"].strip())
+        palette.append(rgb)
+        stuff.append(str(row.get("stuff", "0")).strip() in ("1", "true", "True"))
+    colours = np.array(palette, dtype=np.uint8) if has_rgb else default_palette(len(names))
+    return ClassTable(name=name or path.parent.name or path.stem, names=tuple(names), palette=colours,
+                      stuff=tuple(stuff), background=0)
+
+
+def write_class_table_csv(table: ClassTable, path: str | Path) -> Path:
+    """Write ``table`` in the format :func:`read_class_table_csv` reads (and ``ade20k150.csv`` uses)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "name", "stuff", "r", "g", "b"])
+        for i, (n, s, c) in enumerate(zip(table.names, table.stuff, table.palette)):
+            w.writerow([i, n, int(s), *(int(v) for v in c)])
+    return path
+
+
+def dataset_class_table(data) -> ClassTable:
+    """The label set of a dataset's annotations, from ``data.class_table`` (a :class:`~twostream.config.DataConfig`):
+    ``ade20k150``; a CSV path; or ``""``: ``<data.root>/class_table.csv`` when the dataset has one (what
+    ``tools/prepare_dataset.py`` writes), else ADE20K-150."""
+    spec = getattr(data, "class_table", "") or ""
+    if spec == "ade20k150":
+        return ade20k150()
+    root = Path(data.root)
+    path = Path(spec) if spec else root / TABLE_FILE
+    if not spec and not path.is_file():
+        return ade20k150()
+    if spec and not path.is_file() and (root / spec).is_file():
+        path = root / spec  # a file name inside the dataset folder
+    if not path.is_file():
+        raise ValueError(f"data.class_table: {spec}: class table not found (give ade20k150, a CSV path, or leave it "
+                         f"empty to use {root / TABLE_FILE} when present)")
+    return read_class_table_csv(path, name=root.name if path.parent == root else None)

@@ -24,6 +24,7 @@ __all__ = [
     "exif_orientation",
     "load_image",
     "load_label",
+    "pil_to_rgb",
     "read_instances",
     "read_scene_categories",
 ]
@@ -107,6 +108,13 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).copy()
 
 
+def pil_to_rgb(im: Image.Image, *, exif_transpose: bool = True) -> np.ndarray:
+    """An opened PIL image -> ``(H, W, 3)`` uint8 RGB, converted exactly as :func:`load_image` converts files."""
+    if exif_transpose and exif_orientation(im) != 1:
+        im = ImageOps.exif_transpose(im)
+    return _to_rgb(im)
+
+
 def load_image(path: str | Path, *, exif_transpose: bool = True, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB.
 
@@ -121,9 +129,7 @@ def load_image(path: str | Path, *, exif_transpose: bool = True, max_pixels: int
     """
     path = Path(path)
     with _open(path, max_pixels, "image") as im:
-        if exif_transpose and exif_orientation(im) != 1:
-            im = ImageOps.exif_transpose(im)
-        return _to_rgb(im)
+        return pil_to_rgb(im, exif_transpose=exif_transpose)
 
 
 def load_label(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:

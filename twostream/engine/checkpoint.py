@@ -27,8 +27,11 @@ import logging
 import os
 import random
 import re
+import shlex
+import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "COMMAND_FILE",
     "EXPORT_FILES",
     "FORMAT",
     "CheckpointError",
@@ -54,6 +58,8 @@ __all__ = [
     "load_model_state",
     "load_segmenter",
     "load_trained",
+    "read_commands",
+    "record_command",
     "resolve_checkpoint",
     "resolve_segmenter_config",
     "restore_rng",
@@ -194,6 +200,36 @@ def restore_rng(state: dict) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # Run-folder bookkeeping
 # --------------------------------------------------------------------------------------------------------------------
+
+COMMAND_FILE = "command.txt"  # the command lines that trained a run (model cards quote them)
+
+
+def record_command(run_dir: str | Path, argv: Sequence[str] | None = None) -> Path | None:
+    """Append the command line that runs now (``python tools/train.py --config ...``) to ``<run_dir>/command.txt``.
+
+    One line per distinct command: resuming with the same command adds nothing, a changed one (more epochs) is
+    appended. Only rank 0 writes (``RANK`` unset or 0). Returns the file, or ``None`` on other ranks.
+    """
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return None
+    argv = list(sys.argv if argv is None else argv)
+    line = shlex.join(["python", *argv])
+    path = Path(run_dir) / COMMAND_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = read_commands(path.parent)
+    if not lines or lines[-1] != line:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    return path
+
+
+def read_commands(run_dir: str | Path) -> list[str]:
+    """The commands :func:`record_command` wrote in ``run_dir``, oldest first (``[]`` when none were recorded)."""
+    path = Path(run_dir) / COMMAND_FILE
+    if not path.is_file():
+        return []
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
 
 _NUMBERED = re.compile(r"ckpt_e(\d+)_s(\d+)\.pth$")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from twostream.config import Config, config_from_dict
-from twostream.data.classes import ClassTable, ade20k150
+from twostream.data.classes import ClassTable, dataset_class_table
 from twostream.engine.checkpoint import CheckpointError, inference_config, load_model_state, load_trained
 from twostream.engine.data import WithGraphs, collate
 from twostream.engine.distributed import resolve_device
@@ -58,12 +58,14 @@ GRAPH_SOURCES = ("auto", "online", "gt", "store")
 
 
 def _dataset(cfg: Config, split: str, vocabulary, instances: bool = False):
-    """The split with validation transforms; annotations are ADE20K-150 whatever the model predicts."""
+    """The split with validation transforms; annotations in the dataset's label set (ADE20K-150, or its own
+    ``class_table.csv``) whatever the model predicts."""
     from twostream.data.ade20k import ADE20KDataset
     from twostream.data.transforms import build_transforms
 
     return ADE20KDataset(cfg.data.root, split, vocabulary, transform=build_transforms(cfg.data, train=False),
-                         skip_bad=cfg.data.skip_bad, max_items=cfg.data.max_items, instances=instances)
+                         skip_bad=cfg.data.skip_bad, max_items=cfg.data.max_items, instances=instances,
+                         class_table=dataset_class_table(cfg.data))
 
 
 def _split_loader(cfg: Config, split: str, *, vocabulary=None, gt_graphs=None, instances: bool = False,
@@ -103,12 +105,14 @@ def _store_config(model_cfg: Config, cfg: Config) -> Config:
     return dataclasses.replace(model_cfg, data=cfg.data, graph=graph)
 
 
-def _scores_segmentation(class_table: ClassTable) -> bool:
-    """Segmentation and graph quality are defined against ADE20K annotations only for the ADE20K-150 label set."""
-    if tuple(class_table.names) == tuple(ade20k150().names):
+def _scores_segmentation(class_table: ClassTable, cfg: Config) -> bool:
+    """Segmentation and graph quality are defined when the segmenter predicts the annotations' label set (ADE20K-150,
+    or the dataset's own class_table.csv)."""
+    annotations = dataset_class_table(cfg.data)
+    if tuple(class_table.names) == tuple(annotations.names):
         return True
-    log.warning("the segmenter predicts '%s' labels, the annotations are ADE20K-150: mIoU and graph quality are "
-                "not scored", class_table.name)
+    log.warning("the segmenter predicts '%s' labels, the annotations are '%s': mIoU and graph quality are "
+                "not scored", class_table.name, annotations.name)
     return False
 
 
@@ -168,8 +172,9 @@ def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, 
     from twostream.graph.builder import SceneGraphBuilder
 
     segmenter = load_segmenter(path, device)
-    if not _scores_segmentation(class_table):
-        raise ValueError(f"{path}: a segmenter of '{class_table.name}' labels cannot be scored on ADE20K annotations")
+    if not _scores_segmentation(class_table, cfg):
+        raise ValueError(f"{path}: a segmenter of '{class_table.name}' labels cannot be scored on the annotations of "
+                         f"{cfg.data.root} ('{dataset_class_table(cfg.data).name}' labels)")
     evaluators: dict[str, Evaluator] = {
         "segmentation": SemSegEvaluator(class_table, device=device),
         "graph_quality": SceneGraphEvaluator(SceneGraphBuilder.from_config(model_cfg.graph, class_table)),
@@ -224,7 +229,7 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
     subsets = read_subsets(cfg.data.root, split, lambda: _split_stems(cfg, split, stems_from), subsets)
     k = cfg.eval.topk
     evaluators: dict[str, Evaluator] = {"scenes": SceneEvaluator(vocabulary.names, topk=k, device=device)}
-    if graphs == "online" and _scores_segmentation(class_table):
+    if graphs == "online" and _scores_segmentation(class_table, cfg):
         evaluators["segmentation"] = SemSegEvaluator(class_table, device=device)
         evaluators["graph_quality"] = SceneGraphEvaluator(builder)
     if subsets:

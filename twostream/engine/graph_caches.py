@@ -282,7 +282,7 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
         out: the store folder when one split is built (default :func:`store_dir`).
         chunk_size: items per chunk (default :data:`~twostream.graph.store_build.DEFAULT_CHUNK_SIZE`).
     """
-    from twostream.data.classes import ade20k150
+    from twostream.data.classes import dataset_class_table
     from twostream.engine.distributed import resolve_device
     from twostream.graph.store_build import DEFAULT_CHUNK_SIZE, plan_graph_build, run_build
     from twostream.graph.store_sources import item_results, scene_lookup
@@ -297,7 +297,7 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
                          "(graph.cache_dir=graphs/{split}) or pass a single --split")
     ranks = _ranks()
     predict, identity, dev = None, None, torch.device("cpu")
-    class_table = ade20k150()
+    class_table = dataset_class_table(cfg.data)  # the annotations' labels (ADE20K-150, or the dataset's own table)
     if source == "pred":
         dev = resolve_device(device, ranks.local_rank)
         segmenter = segmenter_for_cache(cfg, dev)

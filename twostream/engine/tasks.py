@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from twostream.config import Config
-from twostream.data.classes import ClassTable, ade20k150
+from twostream.data.classes import ClassTable, dataset_class_table
 from twostream.engine.data import Loaders, WithGraphs, make_loaders
 from twostream.engine.distributed import DistInfo
 from twostream.engine.evaluators.base import to_device as _to_device
@@ -30,7 +30,7 @@ class _Task:
 
     def __init__(self, cfg: Config, dist_info: DistInfo) -> None:
         self.cfg, self.dist = cfg, dist_info
-        self.class_table: ClassTable = ade20k150()
+        self.class_table: ClassTable = dataset_class_table(cfg.data)  # a dataset's own class_table.csv, or ADE20K-150
 
     def to_device(self, batch: dict, device: torch.device) -> dict:
         return _to_device(batch, device)

@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from twostream.engine.checkpoint import (
     capture_rng,
     load_checkpoint,
     load_model_state,
+    record_command,
     resolve_segmenter_config,
     restore_rng,
     write_error,
@@ -335,12 +337,15 @@ def evaluate(model, task, loader, device: torch.device, amp_dtype) -> dict:
     return task.evaluate(_unwrap(model), loader, device, amp_dtype)
 
 
-def train(cfg: Config, *, resume: str | None = None, fresh: bool = False) -> dict:
+def train(cfg: Config, *, resume: str | None = None, fresh: bool = False,
+          command: Sequence[str] | None = None) -> dict:
     """Run one training stage as ``cfg.train.stage`` says; returns the final metrics.
 
     Args:
         resume: a checkpoint to continue from; ``None`` continues from ``<output.dir>/last.pth`` when it exists.
         fresh: start over even if the run folder holds checkpoints (they are kept until overwritten).
+        command: the command line that started the run (``tools/train.py`` passes ``sys.argv``); recorded in
+            ``<output.dir>/command.txt`` with the run's files, for its model card.
 
     Raises:
         Preempted: SIGTERM or SIGUSR1 arrived; the checkpoint is written (``exit_code`` is for the tool).
@@ -353,13 +358,13 @@ def train(cfg: Config, *, resume: str | None = None, fresh: bool = False) -> dic
         device = D.resolve_device(tcfg.device)
         dist_info = D.init_distributed(device)
         try:
-            return _train(cfg, resume, fresh, device, dist_info, stop, build_task)
+            return _train(cfg, resume, fresh, device, dist_info, stop, build_task, command)
         finally:
             D.cleanup()
 
 
 def _train(cfg: Config, resume: str | None, fresh: bool, device: torch.device, dist_info: D.DistInfo,
-           stop: _StopSignals, build_task) -> dict:
+           stop: _StopSignals, build_task, command: Sequence[str] | None) -> dict:
     # The trained segmenter's checkpoint decides its architecture: the resolved config is what the run records.
     cfg = resolve_segmenter_config(cfg)
     tcfg = cfg.train
@@ -410,6 +415,8 @@ def _train(cfg: Config, resume: str | None, fresh: bool, device: torch.device, d
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
             task.save_run_files(run_dir)
+            if command is not None:
+                record_command(run_dir, command)
         except OSError as e:
             raise write_error(Path(e.filename or run_dir), e, "the run folder") from None
         log.info("run folder %s; %d optimizer steps per epoch, %d in all", run_dir, steps_per_epoch, total_steps)

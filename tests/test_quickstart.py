@@ -1,0 +1,34 @@
+"""tools/quickstart.py (make demo): the six tool commands of the README, run in one process with each tool's own exit
+status; the README lists the same commands."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_dry_run_prints_the_readme_commands():
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "quickstart.py"), "--dry-run"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    commands = [line[len("$ python "):] for line in proc.stdout.splitlines() if line.startswith("$ python ")]
+    assert [c.split()[0] for c in commands] == ["tools/make_synthetic.py", "tools/train.py", "tools/build_graphs.py",
+                                                "tools/train.py", "tools/eval.py", "tools/infer.py"]
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("### What `make demo` runs"):readme.index("### How it works")]
+    for command in commands[:5]:
+        script, *args = command.split()
+        assert re.search(re.escape(script) + r"\s+" + r"\s+".join(map(re.escape, args[:2])), block), command
+
+
+def test_a_failing_step_stops_the_run_with_its_status(tmp_path, monkeypatch):
+    from twostream.quickstart import run_steps
+
+    monkeypatch.chdir(tmp_path)
+    rc = run_steps([[str(REPO / "tools" / "train.py"), "--config", "no_such_config.yaml"],
+                    [str(REPO / "tools" / "eval.py"), "--checkpoint", "never_run"]])
+    assert rc == 2  # the config error of the first step (one line, exit 2); the second never ran
