@@ -237,6 +237,34 @@ def test_training_stores_stream_means_and_eval_explains_every_image(trained, syn
     assert "relation_only" not in m  # no relation-only images in this set
 
 
+def test_exports_and_saved_models_keep_the_stream_means(run, tmp_path):
+    """The model-only export and SceneClassifier.save_pretrained carry the training-set stream means
+    (stream_means.safetensors), so an exported model explains its streams exactly as its checkpoint does."""
+    from infer_fixtures import SIZE
+
+    from twostream import SceneClassifier
+    from twostream.engine.checkpoint import atomic_torch_save, export_safetensors, load_checkpoint, load_trained
+    from twostream.explain.streams import compute_stream_means
+
+    model = Predictor.from_checkpoint(run).model
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    ckpt = load_checkpoint(run / "best.pth")
+    ckpt["stream_means"] = means = compute_stream_means(model, [{"image": images}])
+    atomic_torch_save(ckpt, tmp_path / "with_means.pth")
+    export = export_safetensors(tmp_path / "with_means.pth", tmp_path / "export").parent
+    saved = tmp_path / "saved"
+    SceneClassifier.from_pretrained(export).save_pretrained(saved)
+    for folder in (export, saved):
+        back = load_trained(folder)["stream_means"]
+        assert back.keys() == means.keys() and back["num_images"] == means["num_images"] == 2
+        assert all(torch.equal(back[k], means[k]) for k in means if k != "num_images")
+    image = np.asarray(photos()["coffee"][::4, ::4])
+    [a] = Predictor.from_checkpoint(tmp_path / "with_means.pth").predict([image], explain=True)
+    [b] = Predictor.from_checkpoint(saved).predict([image], explain=True)
+    assert "training-set mean" in a.explanation.method and b.explanation.method == a.explanation.method
+    assert b.explanation.streams == a.explanation.streams
+
+
 # ---- benchmark ---------------------------------------------------------------------------------------------------
 
 

@@ -137,7 +137,8 @@ def test_export_tool_round_trips_predictions(staged_run, tmp_path):
 
     tool("tools/export.py", "--checkpoint", str(staged_run["cls"]), "--out", str(tmp_path / "export"))
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [  # the export files + config.json and the card
-        "README.md", "class_table.json", "config.json", "config.yaml", "model.safetensors", "vocabulary.json"]
+        "README.md", "class_table.json", "config.json", "config.yaml", "model.safetensors",
+        "stream_means.safetensors", "vocabulary.json"]  # the classifier recorded its stream means at the end
     image = skimage.data.coffee()
     [a] = Predictor.from_checkpoint(staged_run["cls"]).predict([image])
     [b] = Predictor.from_checkpoint(tmp_path / "export").predict([image])

@@ -133,38 +133,14 @@ def _split_inputs(images: ImageInput | Sequence[ImageInput]) -> tuple[list, bool
 
 
 def write_model_folder(out_dir: str | Path, *, state: dict[str, torch.Tensor], config, vocabulary,
-                       class_table: dict, stage: str = "classifier", step: int | None = None) -> Path:
-    """The export files of :func:`~twostream.engine.checkpoint.export_safetensors` (same names, same
-    ``model.safetensors`` metadata), from weights in memory: ``model.safetensors`` (written to a temporary file and
-    renamed), ``config.yaml``, ``vocabulary.json`` (a ``SceneVocabulary``: its training counts are kept) and
-    ``class_table.json``. Returns the weights file."""
-    import json
-    import os
-    import tempfile
+                       class_table: dict, stage: str = "classifier", step: int | None = None,
+                       stream_means: dict | None = None) -> Path:
+    """The export files (:func:`~twostream.engine.checkpoint.write_export`, the one writer of the format) from
+    weights in memory; returns the weights file."""
+    from twostream.engine.checkpoint import write_export
 
-    from safetensors.torch import save_file
-
-    from twostream.config import save_config
-    from twostream.engine.checkpoint import FORMAT
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(prefix=".model.safetensors.", suffix=".tmp", dir=out)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "stage": str(stage), "step": str(step)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a shared model is read by others
-        os.replace(tmp, out / "model.safetensors")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    save_config(config, out / "config.yaml")
-    vocabulary.save(out / "vocabulary.json")
-    (out / "class_table.json").write_text(json.dumps(class_table))
-    return out / "model.safetensors"
+    return write_export(out_dir, state=state, config=config, class_table=class_table, vocabulary=vocabulary,
+                        stage=stage, step=step, stream_means=stream_means)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -359,8 +335,8 @@ class SceneClassifier(ModelHubMixin, library_name="twostream", tags=TAGS, repo_u
         save_directory = Path(save_directory)
         self._saving_to = save_directory  # the card's usage example names the folder (or the Hub id, when pushing)
         write_model_folder(save_directory, state=self.predictor.model.state_dict(), config=self.predictor.cfg,
-                     vocabulary=self.info.vocabulary, class_table=self._class_table_dict(), stage="classifier",
-                     step=self.info.step)
+                           vocabulary=self.info.vocabulary, class_table=self._class_table_dict(), stage="classifier",
+                           step=self.info.step, stream_means=self.predictor.stream_means)
         (save_directory / "config.json").write_text(json.dumps(hub_config(self.predictor, self.info), indent=1)
                                                     + "\n")
         (save_directory / "README.md").unlink(missing_ok=True)

@@ -315,7 +315,7 @@ class Predictor:
             raise CheckpointError(f"{source}: checkpoint records no scene vocabulary; it was not written by "
                                   "tools/train.py's classifier stage")
         class_table = ClassTable.from_dict(ckpt["class_table"])
-        stream_means = ckpt.get("stream_means")  # a model-only export has none: explanations use a zero baseline
+        stream_means = ckpt.get("stream_means")  # an export without stream_means.safetensors: a zero baseline
         cfg = inference_config(cfg)
         model = build_model(cfg, num_scenes=len(scenes), class_table=class_table)
         load_model_state(model, state, source)

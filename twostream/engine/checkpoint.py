@@ -48,6 +48,7 @@ __all__ = [
     "COMMAND_FILE",
     "EXPORT_FILES",
     "FORMAT",
+    "STREAM_MEANS_FILE",
     "CheckpointError",
     "CheckpointManager",
     "atomic_torch_save",
@@ -63,11 +64,13 @@ __all__ = [
     "resolve_checkpoint",
     "resolve_segmenter_config",
     "restore_rng",
+    "write_export",
 ]
 
 FORMAT = "twostream-checkpoint-v1"
 # What export_safetensors writes; vocabulary.json only for a classifier (a segmenter has no scenes).
 EXPORT_FILES = ("model.safetensors", "config.yaml", "vocabulary.json", "class_table.json")
+STREAM_MEANS_FILE = "stream_means.safetensors"  # optional in an export: the stream means of explanations
 
 
 class CheckpointError(RuntimeError):
@@ -357,8 +360,19 @@ def _load_export(file: Path) -> dict:
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{folder}: bad vocabulary.json or class_table.json ({e})") from None
     step = meta.get("step", "0")
-    return {"format": FORMAT, "stage": stage, "model": state, "config": config_to_dict(cfg),
-            "vocabulary": vocabulary, "class_table": class_table, "step": int(step) if step.isdigit() else 0}
+    out = {"format": FORMAT, "stage": stage, "model": state, "config": config_to_dict(cfg),
+           "vocabulary": vocabulary, "class_table": class_table, "step": int(step) if step.isdigit() else 0}
+    means_file = folder / STREAM_MEANS_FILE
+    if means_file.is_file():
+        try:
+            with safe_open(str(means_file), framework="pt") as f:
+                means: dict = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+                means["num_images"] = int((f.metadata() or {}).get("num_images", 0))
+        except Exception as e:
+            raise CheckpointError(f"{means_file}: not a readable safetensors file ({str(e).splitlines()[0][:200]});"
+                                  " delete it (explanations then use a zero baseline) or export again") from None
+        out["stream_means"] = means
+    return out
 
 
 def load_trained(path: str | Path, mmap: bool = False) -> dict:
@@ -456,24 +470,65 @@ def resolve_segmenter_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, segmenter=dataclasses.replace(seg, **arch)))
 
 
-def export_safetensors(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Model-only export for sharing: ``model.safetensors`` + ``config.yaml`` + ``class_table.json`` (+
-    ``vocabulary.json`` for a classifier) in ``out_dir`` (no optimizer state; loads without pickle). Everything that
-    takes a checkpoint takes the folder back (:func:`load_trained`), a segmenter's export too."""
+def write_export(out_dir: str | Path, *, state: dict[str, torch.Tensor], config: Config, class_table: dict,
+                 vocabulary=None, stage: str = "classifier", step: int | None = None,
+                 stream_means: dict | None = None) -> Path:
+    """The one writer of the export format (what :func:`load_trained` reads back, what ``tools/export.py`` and
+    ``SceneClassifier.save_pretrained`` write): ``model.safetensors`` (``format`` / ``stage`` / ``step`` metadata;
+    written to a temporary file and renamed), ``config.yaml``, ``class_table.json``, for a classifier
+    ``vocabulary.json`` (a ``SceneVocabulary``, training counts kept, or a list of names) and, when the checkpoint
+    has them, ``stream_means.safetensors`` (the training-set stream means explanations replace a stream by). No
+    optimizer state, nothing pickled. Returns the weights file."""
     from safetensors.torch import save_file
 
-    from twostream.config import config_from_dict, save_config
+    from twostream.config import save_config
 
-    ckpt = load_trained(checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in ckpt["model"].items()}
-    save_file(tensors, str(out / "model.safetensors"),
-              metadata={"format": FORMAT, "stage": str(ckpt.get("stage")), "step": str(ckpt.get("step"))})
-    save_config(config_from_dict(ckpt["config"], source=str(checkpoint)), out / "config.yaml")
-    if ckpt.get("vocabulary"):
+
+    def save(tensors: dict[str, torch.Tensor], name: str, metadata: dict[str, str]) -> Path:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+        os.close(fd)
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a shared model is read by others
+            os.replace(tmp, out / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return out / name
+
+    weights = save(state, "model.safetensors", {"format": FORMAT, "stage": str(stage), "step": str(step)})
+    save_config(config, out / "config.yaml")
+    if vocabulary is not None:
         from twostream.data.vocabulary import SceneVocabulary
 
-        SceneVocabulary.from_names(ckpt["vocabulary"]).save(out / "vocabulary.json")
-    (out / "class_table.json").write_text(json.dumps(ckpt["class_table"]))
-    return out / "model.safetensors"
+        if not isinstance(vocabulary, SceneVocabulary):
+            vocabulary = SceneVocabulary.from_names(list(vocabulary))
+        vocabulary.save(out / "vocabulary.json")
+    (out / "class_table.json").write_text(json.dumps(class_table))
+    means = {k: v for k, v in (stream_means or {}).items() if isinstance(v, torch.Tensor)}
+    (out / STREAM_MEANS_FILE).unlink(missing_ok=True)
+    if means:
+        save(means, STREAM_MEANS_FILE, {"num_images": str(int(stream_means.get("num_images", 0)))})
+    return weights
+
+
+def export_safetensors(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Model-only export for sharing (:func:`write_export`) of a checkpoint, a run folder or an export; everything
+    that takes a checkpoint takes the folder back (:func:`load_trained`), a segmenter's export too."""
+    from twostream.config import config_from_dict
+
+    ckpt = load_trained(checkpoint)
+    vocabulary = ckpt.get("vocabulary") or None
+    run_vocabulary = Path(ckpt["path"]).parent / "vocabulary.json"
+    if vocabulary and run_vocabulary.is_file():  # the run's own file keeps the training counts
+        from twostream.data.vocabulary import SceneVocabulary
+
+        saved = SceneVocabulary.load(run_vocabulary)
+        vocabulary = saved if list(saved.names) == list(vocabulary) else vocabulary
+    return write_export(out_dir, state=ckpt["model"], config=config_from_dict(ckpt["config"], source=str(checkpoint)),
+                        class_table=ckpt["class_table"], vocabulary=vocabulary, stage=str(ckpt.get("stage")),
+                        step=ckpt.get("step"), stream_means=ckpt.get("stream_means"))

@@ -12,9 +12,9 @@ at the end of training (:func:`record_stream_means`, called by the classifier ta
 
     {"image_pooled": (Ci,), "image_tokens": (T, Ci), "graph_pooled": (Cg,), "node_emb": (Cg,), "num_images": int}
 
-(keys of streams the model lacks are absent). A checkpoint without them (older runs, model-only exports) falls back
-to zero embeddings, which the fusion's LayerNorm maps to its bias: "no evidence"; the explanation's ``method`` says
-which baseline was used.
+(keys of streams the model lacks are absent); exports carry them as ``stream_means.safetensors``. A checkpoint without
+them (older runs, ``train.stream_means_images=0``) falls back to zero embeddings, which the fusion's LayerNorm maps
+to its bias: "no evidence"; the explanation's ``method`` says which baseline was used.
 """
 
 from __future__ import annotations
