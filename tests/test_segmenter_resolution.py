@@ -226,3 +226,134 @@ def test_trained_run_infers_and_evaluates_at_the_segmenters_size(oracle, root, t
     expected = annotation_graph(builder, root, "validation", photo.stem)
     assert [n["label"] for n in record["graph"]["nodes"]] == expected.labels.tolist()
 
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Brightest(Segmenter):
+    """Per pixel, the class of the brightest colour channel (wall, floor, bed); stride 32 like UPSNet, and it
+    records the sizes it was given."""
+
+    kind, spec_form, stride = "brightest", "brightest:", 32
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.class_table, self.seen = TABLE, []
+        self.lut = torch.tensor([TABLE.index(n) for n in ("wall", "floor", "bed")])
+
+    def forward(self, images, targets=None) -> dict:
+        self.seen.append(tuple(images.shape[-2:]))
+        labels = self.lut[images.argmax(dim=1)]
+        logits = images.new_full((images.shape[0], len(TABLE), *images.shape[-2:]), LOW_LOGIT)
+        return {"sem_logits": logits.scatter(1, labels[:, None], 10.0)}
+
+
+@pytest.fixture
+def fresh_log(monkeypatch):
+    """Forget which once-only messages this process has logged."""
+    from twostream.models import segmenter_input
+
+    monkeypatch.setattr(segmenter_input, "_LOGGED", set())
+
+
+def test_an_input_size_off_the_stride_is_padded_and_cropped(fresh_log, caplog):
+    from twostream.config import DataConfig
+    from twostream.models.segmenter_input import resize_images, segment, segmenter_input
+
+    seg_cfg = SegmenterConfig(input_size=(100, 120))
+    with caplog.at_level("INFO", logger="twostream.models.segmenter_input"):
+        geometry = segmenter_input(seg_cfg, DataConfig(), Brightest)
+        segmenter_input(seg_cfg, DataConfig(), Brightest)
+    lines = [r.getMessage() for r in caplog.records if "not divisible by 32" in r.getMessage()]
+    assert lines == ["model.segmenter.input_size [100, 120] is not divisible by 32, the stride of segmenter kind "
+                     "'brightest': images are resized to it and padded up to [128, 128]"]
+    segmenter = Brightest()
+    images = torch.rand(2, 3, 64, 80)
+    logits = segment(segmenter, images, geometry)
+    assert segmenter.seen == [(128, 128)] and logits.shape == (2, len(TABLE), 100, 120)
+    assert torch.equal(logits.argmax(dim=1), segmenter.lut[resize_images(images, (100, 120)).argmax(dim=1)])
+
+    # keep_ratio: the short side to 100, the long side capped, padded to the stride and cropped back
+    ratio = segmenter_input(dataclasses.replace(seg_cfg, keep_ratio=True, max_size=150), DataConfig(), Brightest)
+    assert ratio.resized(64, 80) == (100, 125) and ratio.resized(64, 256) == (38, 150)
+    assert segment(segmenter, images, ratio).shape[-2:] == (100, 125) and segmenter.seen[-1] == (128, 128)
+
+
+def test_upsnet_segments_at_a_size_off_its_stride_inside_the_model(fresh_log, tiny_config, tmp_path):
+    from twostream.models.two_stream import build_model
+
+    cfg = tiny_config(tmp_path, tmp_path / "run", *[
+        "model.segmenter.kind=upsnet", "model.segmenter.backbone=resnet10t", "model.segmenter.fpn_channels=16",
+        "model.segmenter.head_channels=8", "model.segmenter.deformable=false", "graph.source=online",
+        "model.segmenter.input_size=[72, 100]"])
+    model = build_model(cfg, num_scenes=3, class_table=TABLE).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 64))  # UPSNet alone refuses 72 x 100 (not divisible by 32)
+    assert out["sem_logits"].shape[-2:] == (72, 100) and all(g.image_size == (72, 100) for g in out["graphs"])
+
+
+def test_a_checkpoint_without_a_training_size_falls_back_to_the_image_size(fresh_log, caplog, tmp_path):
+    from twostream.config import load_config
+    from twostream.engine.checkpoint import FORMAT, resolve_segmenter_config, trained_input_size
+    from twostream.models.two_stream import build_model
+
+    assert trained_input_size({"data": {"image_size": [256, 192]}}) == (256, 192)
+    assert trained_input_size({"data": {"image_size": [512, 512]},
+                               "model": {"segmenter": {"input_size": [320, 320]}}}) == (320, 320)
+    assert trained_input_size({"model": {"segmenter": {"kind": "upsnet"}}}) is None
+    seg = {"kind": "upsnet", "backbone": "resnet10t", "fpn_channels": 16, "head_channels": 8, "deformable": False}
+    ckpt = tmp_path / "seg.pth"  # a hand-made checkpoint whose config records no data section
+    torch.save({"format": FORMAT, "stage": "segmentation", "model": {}, "class_table": TABLE.to_dict(),
+                "config": {"train": {"stage": "segmentation"}, "model": {"segmenter": seg}}}, ckpt)
+    cfg = load_config(None, ["data.image_size=[96, 96]", f"model.segmenter.checkpoint={ckpt}",
+                             "model.segmenter.backbone=resnet10t", "model.image_encoder.name=test_vit",
+                             "model.image_encoder.pretrained=false", "model.gnn.hidden_dim=16", "model.gnn.heads=2",
+                             "model.fusion.dim=16"])
+    cfg = resolve_segmenter_config(cfg)
+    assert cfg.model.segmenter.input_size is None and cfg.model.segmenter.fpn_channels == 16
+    with caplog.at_level("INFO", logger="twostream.models.segmenter_input"):
+        models = [build_model(cfg, num_scenes=2, class_table=TABLE) for _ in range(2)]
+    assert all(m.segmenter_input.size == (96, 96) for m in models)
+    lines = [r.getMessage() for r in caplog.records if "records a training size" in r.getMessage()]
+    assert lines == ["model.segmenter.input_size is not set and no segmenter checkpoint records a training size: "
+                     "the segmenter segments at data.image_size [96, 96]"]
+
+    # a checkpoint that records its training size (the segmentation run's data.image_size) sets it
+    torch.save({"format": FORMAT, "stage": "segmentation", "model": {}, "class_table": TABLE.to_dict(),
+                "config": {"train": {"stage": "segmentation"}, "model": {"segmenter": seg},
+                           "data": {"image_size": [256, 256]}}}, ckpt)
+    assert resolve_segmenter_config(dataclasses.replace(cfg)).model.segmenter.input_size == (256, 256)
+
+
+def test_keep_ratio_stores_each_image_at_its_own_shape(monkeypatch, tiny_config, tmp_path):
+    """mmseg's whole-image inference: short side to min(input_size), long side capped, each image its own shape."""
+    from twostream.data.ade20k import ADE20KDataset
+    from twostream.data.synthetic import make_synthetic
+    from twostream.data.transforms import segmenter_transforms
+    from twostream.engine.graph_caches import build_split_caches
+
+    monkeypatch.setitem(SEGMENTERS, "brightest", Brightest)
+    monkeypatch.setattr(Brightest, "from_config", classmethod(lambda cls, cfg, table: cls()))
+    monkeypatch.setattr(Brightest, "cache_identity", classmethod(lambda cls, cfg: "brightest"))
+    hint = SegmenterConfig.__annotations__["kind"]
+    monkeypatch.setitem(SegmenterConfig.__annotations__, "kind", hint.replace("'none'", "'brightest', 'none'")
+                        if "'none'" in hint else hint.replace('"none"', '"brightest", "none"'))
+    root = tmp_path / "wide"
+    make_synthetic(root, train_per_scene=1, val_per_scene=2, size=(48, 96), seed=1, scenes=["bedroom", "street"])
+    cfg = tiny_config(root, tmp_path / "run", "model.segmenter.kind=brightest", "graph.source=online",
+                      "model.segmenter.input_size=[64, 64]", "model.segmenter.keep_ratio=true",
+                      "model.segmenter.max_size=100")
+    [store] = build_split_caches(cfg, source="pred", splits=["validation"], device="cpu", workers=0, progress=False)
+    assert store.map_size["segmenter_input"] == {"size": [64, 64], "keep_ratio": True, "max_size": 100, "stride": 32}
+    items = ADE20KDataset(root, "validation", None, transform=segmenter_transforms(cfg.data, (64, 64), keep_ratio=True,
+                                                                                    long_side=100))
+    builder = SceneGraphBuilder.from_config(cfg.graph, TABLE)
+    for item in items:
+        assert item["image"].shape[-2:] == (50, 100)  # 48 x 96 scaled by min(64 / 48, 100 / 96)
+        graph = store.get(item["name"])
+        assert graph.image_size == (50, 100)  # the 64 x 128 canvas's padding cropped off
+        expected = builder(Brightest().lut[item["image"].argmax(dim=0)])
+        assert dataclasses.replace(graph, confidence=None).equal(expected)
