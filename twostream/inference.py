@@ -150,10 +150,6 @@ class _Input:
     def padded(self) -> bool:
         return self.box[2:] != tuple(self.tensor.shape[-2:])
 
-    @property
-    def seg_padded(self) -> bool:
-        return self.seg_box is not None and self.seg_box[2:] != tuple(self.seg_tensor.shape[-2:])
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Prediction
@@ -329,6 +325,8 @@ class Predictor:
         if geometry is not None and geometry.size is not None and not native_size:
             self._seg_transform = segmenter_transforms(cfg.data, geometry.size, keep_ratio=geometry.keep_ratio,
                                                        long_side=geometry.long_side if geometry.keep_ratio else 0)
+            if self.model is None:  # a segmenter alone: its input is the only one
+                self._transform, self._seg_transform = self._seg_transform, None
         self.stream_means, self.explain_method = stream_means, explain_method
         self._explainer = None  # built on the first predict(..., explain=True)
 

@@ -200,10 +200,6 @@ class TwoStreamClassifier(nn.Module):
         """``(B, 3, H, W)`` -> the image encoder's input: resized to ``image_size`` when it differs."""
         return images if self.image_size is None else resize_images(images, self.image_size)
 
-    def segmenter_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """The ``(h, w)`` the segmenter's map (and graph) of an ``(H, W)`` input has."""
-        return self.segmenter_input.resized(*size) if self.segmenter_input is not None else tuple(size)
-
     def backbone_features(self, images: Tensor) -> list[Tensor]:
         """The shared backbone's pass over the segmenter's canvas of ``images``: its maps, C5 last."""
         x, _ = segmenter_canvas(images, self.segmenter_input)
