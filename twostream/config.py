@@ -164,7 +164,8 @@ class SegmenterConfig:
     """The segmentation stream: UPSNet, or a published model through an adapter.
 
     In the classifier stage a trained UPSNet is named by ``checkpoint`` alone: its architecture (the keys of
-    :data:`SEGMENTER_ARCHITECTURE`) is read from the checkpoint; a key also set here must agree with it.
+    :data:`SEGMENTER_ARCHITECTURE`) is read from the checkpoint; a key also set here must agree with it. So is the
+    size it segments at (``input_size: null``: the size it was trained at; docs/resolution.md).
     """
 
     # none: no segmenter (graphs from annotations only, or an image-only model: load_config resolves such a model's
