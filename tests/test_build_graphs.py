@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from twostream.config import load_config, save_config
-from twostream.engine.graph_caches import checkpoint_identity, default_cache_dir, segmenter_identity
+from twostream.engine.graph_caches import checkpoint_identity, default_cache_dir, map_size, segmenter_identity
 from twostream.graph.builder import SceneGraphBuilder
 from twostream.graph.store import GraphStore
 from twostream.graph.store_build import build_graph_store
@@ -153,7 +153,7 @@ def test_torchrun_two_processes_build_the_one_process_store(small_root, tmp_path
     dataset = ADE20KDataset(small_root, "training", None, transform=build_transforms(cfg.data, train=False))
     builder = SceneGraphBuilder.from_config(cfg.graph)
     plan, _ = plan_graph_build(tmp_path / "killed", dataset, builder, kind="gt", predict=None, segmenter=None,
-                               chunk_size=2)
+                               chunk_size=2, map_size=map_size(cfg, "gt"))
     build_chunks(plan, item_results(dataset, builder, kind="gt"), [0, 2, 4], scene_of=scene_lookup(dataset))
     (plan.chunk_path(1).with_name("chunk-000001.npz.123.tmp")).write_bytes(b"cut short")
     log = _torchrun(*common, "--out", str(tmp_path / "killed"))

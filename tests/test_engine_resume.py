@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import tiny_classifier_config
 
-from twostream.config import load_config, save_config
+from twostream.config import save_config
 from twostream.engine.checkpoint import CheckpointError, load_checkpoint
 from twostream.engine.trainer import Preempted, preempted_exit_code, train
 
@@ -88,7 +88,19 @@ def reference(exact_config, tmp_path_factory) -> dict[str, torch.Tensor]:
     return weights(run)
 
 
-def test_sigterm_then_sigkill_mid_epoch_resumes_bitwise(exact_config, reference, tmp_path):
+@pytest.fixture(scope="module")
+def reference_command(exact_config, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The final weights of the uninterrupted run of the same command, in a fresh process like the interrupted
+    runs (a fresh process is the claim: a run in this test process could see state earlier tests left in it)."""
+    folder = tmp_path_factory.mktemp("reference-command")
+    run = folder / "run"
+    save_config(exact_config(run), folder / "cfg.yaml")
+    proc = start([sys.executable, "tools/train.py", "--config", str(folder / "cfg.yaml")], folder / "train.log")
+    assert proc.wait(timeout=600) == 0, (folder / "train.log").read_text()[-3000:]
+    return weights(run)
+
+
+def test_sigterm_then_sigkill_mid_epoch_resumes_bitwise(exact_config, reference_command, tmp_path):
     rng = random.Random(18)
     term_at, kill_at = mid_epoch_step(rng, 0), mid_epoch_step(rng, 1)
     run = tmp_path / "run"
@@ -119,9 +131,10 @@ def test_sigterm_then_sigkill_mid_epoch_resumes_bitwise(exact_config, reference,
     killed = load_checkpoint(run / "last.pth")
     assert killed["step"] >= kill_at and killed["epoch"] == 1 and not killed["epoch_done"]
 
-    # 3. Resume again (the same config, in this process) to the end: the weights of the uninterrupted run.
-    train(load_config(tmp_path / "cfg.yaml"))
-    assert_bitwise_equal(weights(run), reference)
+    # 3. Resume again (the same command) to the end: the weights of the uninterrupted run.
+    proc = start(command, tmp_path / "3.log")
+    assert proc.wait(timeout=600) == 0, (tmp_path / "3.log").read_text()[-3000:]
+    assert_bitwise_equal(weights(run), reference_command)
     steps = steps_logged(run)
     after = steps[len(steps) - steps[::-1].index(killed["step"]):]  # what the last resume logged
     assert after == list(range(killed["step"] + 1, EPOCHS * STEPS_PER_EPOCH + 1))  # no step repeated or skipped

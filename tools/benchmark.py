@@ -17,7 +17,9 @@ shard cache it is compared with, in a temporary folder) and times random and in-
 building, plus a graphs-only epoch against the same epoch reading images.
 
 Models: swin_gat, vit_gcn, resnet_sage, image_only_swin and shared_swin_gat (plus the image streams of vit_gcn and
-resnet_sage alone, for their ratios), built from configs/ with pretrained=false (no downloads). The explain section
+resnet_sage alone, for their ratios, and swin_gat:seg_hires, swin_gat with its segmenter at 512/224 of the image
+size: the cost of segmenting at the segmenter's training resolution), built from configs/ with pretrained=false (no
+downloads). The explain section
 times one image explained by the quick-start model (nodes, edges, occlusion, CAM, streams) against its plain forward.
 """
 
@@ -52,8 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts (default: 0 1 2)")
     p.add_argument("--loader-batches", type=int, default=10, help="timed batches per loader run (default: 10)")
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
-                   help="inference rows to run (default: all: image_only_swin swin_gat shared_swin_gat "
-                        "vit_gcn:image_only vit_gcn resnet_sage:image_only resnet_sage)")
+                   help="inference rows to run (default: all: image_only_swin swin_gat swin_gat:seg_hires "
+                        "shared_swin_gat vit_gcn:image_only vit_gcn resnet_sage:image_only resnet_sage)")
     p.add_argument("--only", nargs="+", choices=["inference", "train", "loader", "builder", "store", "explain"],
                    default=None,
                    help="run only these sections (default: all)")

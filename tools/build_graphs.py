@@ -10,14 +10,16 @@
     python tools/build_graphs.py --from-json predictions/ --scenes scenes.txt --out graphs/mine    # graphs only
     python tools/build_graphs.py --convert datasets/ADEChallengeData2016/graphs/training-pred-0123456789
 
-Items are read through the dataset (``data.root`` and ``data.format``, ``data.image_size`` with the validation
-transforms, no augmentation, ``data.max_items``); ``gt`` builds graphs from the annotations in worker processes,
-``pred`` segments the images in batches with the segmenter (a trained UPSNet, or a published model through
---segmenter). The store goes to ``graph.cache_dir`` when set (``{split}`` in it becomes the split's name), else to
+Items are read through the dataset (``data.root`` and ``data.format``, the validation transforms, no augmentation,
+``data.max_items``); ``gt`` builds graphs from the annotations at ``data.image_size`` in worker processes, ``pred``
+reads the images at the segmenter's own input size (``model.segmenter.input_size``; by default the size its
+checkpoint was trained at) and segments them in batches with the segmenter (a trained UPSNet, or a published model
+through --segmenter), each node with the segmenter's mean confidence (docs/resolution.md). The store goes to
+``graph.cache_dir`` when set (``{split}`` in it becomes the split's name), else to
 ``<data.root>/graphs/<split>-<source>-<hash>`` (the folder training reads). Interrupt at will: running the same
-command again (with any number of processes) keeps the finished chunks; a store built with other settings or another
-segmenter is rebuilt. Under torchrun each rank builds its share of the chunks (``pred``: on its own GPU) and rank 0
-writes the store; the folder must be on a file system every rank sees.
+command again (with any number of processes) keeps the finished chunks; a store built with other settings, another
+segmenter or at another size is rebuilt. Under torchrun each rank builds its share of the chunks (``pred``: on its
+own GPU) and rank 0 writes the store; the folder must be on a file system every rank sees.
 
 --from-json turns a folder of prediction JSONs (``tools/infer.py --out``) or scene-graph JSONs into a store, scene
 labels from --scenes (``<stem> <scene>`` per line); files that are not scene graphs are named, skipped and counted.

@@ -9,7 +9,9 @@
 
 A classifier gets top-1, top-k, mean per-class accuracy, a per-class table and a confusion-matrix image, and (when its
 graphs come from its own segmenter) the segmenter's mIoU / pixel accuracy and the scene-graph quality against the
-annotations' graphs. A classifier is also scored on named subsets of the split: every list of the dataset's
+annotations' graphs: the segmenter runs at its own input size (by default the size it was trained at), and both
+are scored against each image's annotation at its original size (docs/resolution.md). A classifier is also scored on
+named subsets of the split: every list of the dataset's
 synthetic.json (e.g. relation_only) and every --subset NAME=FILE (one image stem per line), under "subsets".
 Everything goes to <out>/metrics.json (default <run folder>/eval-<split>/). --explain explains
 every image (<out>/explanations.jsonl) and scores the explanations (metrics.json "explanation"; docs/explanations.md).

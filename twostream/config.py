@@ -128,7 +128,9 @@ class DataConfig:
     full: ADE20KFullConfig = field(default_factory=ADE20KFullConfig)
     train_split: str = "training"
     val_split: str = "validation"
-    image_size: tuple[int, int] = (224, 224)  # (H, W) the model sees; both divisible by 32 for the segmenter
+    # (H, W) the image encoder sees (and the segmentation stage trains at: divisible by 32 for UPSNet); the
+    # segmenter of a classifier segments at model.segmenter.input_size
+    image_size: tuple[int, int] = (224, 224)
     # Fit inside image_size keeping the aspect ratio and pad (mask padding = 255, unsupervised) instead of
     # stretching: object shapes and the scene graph's geometry stay undistorted.
     keep_ratio: bool = False
@@ -176,7 +178,8 @@ class SegmenterConfig:
     """The segmentation stream: UPSNet, or a published model through an adapter.
 
     In the classifier stage a trained UPSNet is named by ``checkpoint`` alone: its architecture (the keys of
-    :data:`SEGMENTER_ARCHITECTURE`) is read from the checkpoint; a key also set here must agree with it.
+    :data:`SEGMENTER_ARCHITECTURE`) is read from the checkpoint; a key also set here must agree with it. So is the
+    size it segments at (``input_size: null``: the size it was trained at; docs/resolution.md).
     """
 
     # none: no segmenter (graphs from annotations only, or an image-only model: load_config resolves such a model's
@@ -204,6 +207,19 @@ class SegmenterConfig:
     # kind detectron2: its own config overrides as KEY, VALUE pairs, e.g. [MODEL.PANOPTIC_FPN.COMBINE.
     # INSTANCES_CONFIDENCE_THRESH, 0.6, INPUT.MIN_SIZE_TEST, 512]
     d2_opts: list[str | int | float | bool] = field(default_factory=list)
+    # The size the segmenter segments at, apart from data.image_size (the image encoder's): graph stores of its
+    # predictions, online graphs, the predictor and tools/eval.py all run it there (docs/resolution.md). null: the
+    # size its checkpoint was trained at (that run's model.segmenter.input_size, else its data.image_size; a
+    # checkpoint that records neither falls back to data.image_size); kinds that resize images themselves (hf,
+    # detectron2) get them at data.image_size and resize with their own processor, as before. [H, W]: that size,
+    # rounded up to the segmenter's stride (UPSNet: 32) and padded; with keep_ratio, min(H, W) is the short side.
+    input_size: tuple[int, int] | None = None
+    # mmsegmentation's whole-image inference: scale each image so its short side is min(input_size) and its long
+    # side at most max_size, pad up to the stride (the padding is cropped off the output) instead of resizing to
+    # input_size exactly. Applies to each image's own shape where images are read one by one (graph stores,
+    # the predictor) and to the batch's shape inside the model.
+    keep_ratio: bool = False
+    max_size: int = 0  # keep_ratio: the long side's cap in pixels; 0 = 4 x the short side (mmseg ADE20K: 2048)
 
 
 @dataclass
@@ -506,9 +522,20 @@ def _check_consistency(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: train.lr: must be positive, got {cfg.train.lr}")
     if any(s <= 0 for s in cfg.data.image_size):
         raise ConfigError(f"{source}: data.image_size: both sides must be positive, got {cfg.data.image_size}")
-    if m.segmenter.kind == "upsnet" and graph_on and any(s % 32 for s in cfg.data.image_size):
+    if m.segmenter.kind == "upsnet" and cfg.train.stage == "segmentation" and any(s % 32 for s in cfg.data.image_size):
+        # the segmentation stage trains at data.image_size; elsewhere the segmenter's input is padded to its stride
         raise ConfigError(f"{source}: data.image_size: {cfg.data.image_size} must be divisible by 32 for the "
                           "UPSNet segmenter (its pyramid goes to stride 32)")
+    seg = m.segmenter
+    if seg.input_size is not None and any(s <= 0 for s in seg.input_size):
+        raise ConfigError(f"{source}: model.segmenter.input_size: both sides must be positive (or null: the size "
+                          f"the segmenter was trained at), got {list(seg.input_size)}")
+    if seg.max_size < 0:
+        raise ConfigError(f"{source}: model.segmenter.max_size: must be at least 0 (0 = 4 x the short side), got "
+                          f"{seg.max_size}")
+    if seg.keep_ratio and seg.input_size is not None and 0 < seg.max_size < min(seg.input_size):
+        raise ConfigError(f"{source}: model.segmenter.max_size ({seg.max_size}) is smaller than the short side "
+                          f"min(model.segmenter.input_size) = {min(seg.input_size)}; raise it or set it to 0")
     if m.gnn.type in ("gat", "gatv2") and m.gnn.hidden_dim % m.gnn.heads:
         raise ConfigError(f"{source}: model.gnn.hidden_dim ({m.gnn.hidden_dim}) must be divisible by "
                           f"model.gnn.heads ({m.gnn.heads})")

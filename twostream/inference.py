@@ -26,6 +26,12 @@ pass; one trained on cached ``pred`` (or ``gt``) graphs gets graphs the predicto
 with the run's builder settings, padding (``keep_ratio``) void as in the cache. An image-only model
 (``model.gnn.enabled: false``) predicts scenes only: ``sem_map`` and ``graph`` are ``None``.
 
+At which size. The image encoder sees each photo at ``data.image_size``; the segmenter segments it at its own input
+size (``model.segmenter.input_size``: by default the size it was trained at; docs/resolution.md), resized from the
+photo itself, exactly as graph stores are built, and the graph is built from its map there
+(``Prediction.segmenter_size``, also in the JSON). A model that builds its graphs online gets each photo at the
+larger of the two sizes, as in training, and shrinks a copy for its image encoder.
+
 ``predict(..., explain=True)`` also says why (:mod:`twostream.explain`): each prediction gets an ``explanation``
 (node and edge importance, exact occlusion, a CAM at the photo's size, the streams' contributions) for the predicted
 scene or ``explain_scene``. Graph nodes from the segmenter carry its mean confidence under them.
@@ -33,6 +39,7 @@ scene or ``explain_scene``. Graph nodes from the segmenter carry its mean confid
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,8 +61,9 @@ from twostream.engine.checkpoint import (
     resolve_checkpoint,
 )
 from twostream.engine.distributed import DEVICES, resolve_device
-from twostream.engine.segmenters import segmenter_from_spec
+from twostream.engine.segmenters import segmenter_from_spec, segmenter_geometry
 from twostream.graph.scene_graph import SceneGraph
+from twostream.models.segmenter_input import SegmenterInput, model_input_size, segment
 
 if TYPE_CHECKING:
     from twostream.explain.explanation import SceneExplanation
@@ -114,14 +122,29 @@ def _check_external(model: nn.Module, segmenter: nn.Module, trained_on: ClassTab
                          "(graph.pool_features), so another segmenter cannot supply its graphs")
 
 
+def _scale_box(box: tuple[int, int, int, int], src: tuple[int, int], dst: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A content ``box (top, left, height, width)`` in an ``src (H, W)`` canvas -> the same region of a ``dst``
+    canvas (the segmenter's map of it), rounded outwards."""
+    if tuple(src) == tuple(dst):
+        return box
+    (sh, sw), (dh, dw) = src, dst
+    top, left, h, w = box
+    t, lft = top * dh // sh, left * dw // sw
+    return t, lft, -(-(top + h) * dh // sh) - t, -(-(left + w) * dw // sw) - lft
+
+
 @dataclass
 class _Input:
-    """One image prepared for the model: ``tensor (3, h, w)``, its content ``box (top, left, height, width)`` in
-    the canvas (the whole canvas unless ``keep_ratio`` padded it) and the original ``size (H, W)``."""
+    """One image prepared: the model's ``tensor (3, h, w)``, its content ``box (top, left, height, width)`` in
+    that canvas (the whole canvas unless ``keep_ratio`` padded it), the original ``size (H, W)``, and, where the
+    predictor runs a segmenter itself, the segmenter's ``seg_tensor`` (resized from the photo to its input size) with
+    its own ``seg_box``."""
 
     tensor: Tensor
     box: tuple[int, int, int, int]
     size: tuple[int, int]
+    seg_tensor: Tensor | None = None
+    seg_box: tuple[int, int, int, int] | None = None
 
     @property
     def padded(self) -> bool:
@@ -141,14 +164,16 @@ class Prediction:
         scenes: top-k ``(scene name, probability)``, most probable first; empty for a segmenter-only predictor.
         sem_map: ``(H, W)`` int64 labels of ``class_table`` at the original image size (the model's map resized by
             centre-aligned nearest neighbour), or ``None`` for an image-only model.
-        graph: the scene graph, or ``None`` for an image-only model. Built at the model's input size (its
-            ``image_size``; ``boundary`` in those pixels; centroids and boxes normalised, so they hold for the
-            original image too); the graph the classifier saw, except with ``keep_ratio`` padding, where it is
-            rebuilt on the image content alone.
+        graph: the scene graph, or ``None`` for an image-only model. Built from the segmenter's map at its input
+            size (``segmenter_size``; ``boundary`` in those pixels; areas, centroids and boxes normalised, so they
+            hold for the original image too); the graph the classifier saw, except with ``keep_ratio`` padding, where
+            it is rebuilt on the image content alone.
         class_table: the label set of ``sem_map`` and ``graph`` (``None`` with them).
         image_size: ``(H, W)`` of the original image.
         explanation: why the model scored its scene so (``predict(..., explain=True)``), with the CAM at
             ``image_size``; ``None`` unless asked for.
+        segmenter_size: ``(h, w)`` of the segmenter's map (its input size for this image, stride padding excluded),
+            which the graph was built from; ``None`` without a graph.
     """
 
     scenes: list[tuple[str, float]]
@@ -157,12 +182,14 @@ class Prediction:
     class_table: ClassTable | None
     image_size: tuple[int, int]
     explanation: SceneExplanation | None = None
+    segmenter_size: tuple[int, int] | None = None
 
     def to_json(self) -> dict:
         """The prediction format ``tools/infer.py`` writes and :mod:`twostream.viz.sources` reads::
 
             {"image_size": [H, W],                                 # the original image
              "scenes": [{"scene": "kitchen", "prob": 0.81}, ...],  # top-k, best first ([] without a classifier)
+             "segmenter_size": [h, w],                             # the segmenter's map the graph was built from
              "graph": {...},                                       # SceneGraph.to_json(), or null (image-only)
              "explanation": {...}}                                 # SceneExplanation.to_json(), when explained
 
@@ -172,6 +199,7 @@ class Prediction:
         out = {
             "image_size": [int(s) for s in self.image_size],
             "scenes": [{"scene": name, "prob": float(p)} for name, p in self.scenes],
+            "segmenter_size": [int(s) for s in self.segmenter_size] if self.segmenter_size is not None else None,
             "graph": self.graph.to_json() if self.graph is not None else None,
         }
         if self.explanation is not None:
@@ -188,9 +216,11 @@ class Prediction:
 
             names = [graph.class_table.short_name(int(c)) for c in graph.labels] if graph is not None else None
             explanation = SceneExplanation.from_json(d["explanation"], node_names=names)
+        size = d.get("segmenter_size")
         return cls(scenes=[(s["scene"], float(s["prob"])) for s in d.get("scenes", [])], sem_map=sem_map,
                    graph=graph, class_table=graph.class_table if graph is not None else None,
-                   image_size=tuple(int(s) for s in d["image_size"]), explanation=explanation)
+                   image_size=tuple(int(s) for s in d["image_size"]), explanation=explanation,
+                   segmenter_size=tuple(int(v) for v in size) if size else None)
 
     def top_objects(self, k: int | None = None) -> list[tuple[str, float]]:
         """``(class name, area fraction)`` of the graph's nodes, largest first (``k`` of them, or all)."""
@@ -226,6 +256,9 @@ class Predictor:
         scenes: scene names in the model's class order (empty without a model).
         native_size: feed images at their own size (longer side capped at :data:`MAX_SIDE`) instead of
             ``cfg.data.image_size``; for segmenters that resize internally (hf, detectron2).
+        segmenter_input: where ``segmenter`` segments (:class:`~twostream.models.segmenter_input.SegmenterInput`);
+            default: the model's own segmenter's, else as given (``from_segmenter`` / ``from_checkpoint`` pass the
+            segmenter's own: the size it was trained at).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 needs a GPU).
         stream_means: the checkpoint's training-set stream means (``"stream_means"``), for explanations' stream
@@ -236,8 +269,8 @@ class Predictor:
     def __init__(self, *, model: nn.Module | None = None, segmenter: nn.Module | None = None, cfg: Config,
                  scenes: Sequence[str] = (), class_table: ClassTable | None = None, native_size: bool = False,
                  device: str | torch.device = "cpu", precision: str = "fp32", stream_means: dict | None = None,
-                 explain_method: str = "integrated_gradients") -> None:
-        from twostream.data.transforms import build_transforms
+                 explain_method: str = "integrated_gradients", segmenter_input: SegmenterInput | None = None) -> None:
+        from twostream.data.transforms import build_transforms, segmenter_transforms
         from twostream.graph.builder import SceneGraphBuilder
 
         if model is None and segmenter is None:
@@ -274,8 +307,26 @@ class Predictor:
             table = own.class_table if own is not None else model.segmenter.class_table
         self.class_table: ClassTable | None = table
         self.builder = SceneGraphBuilder.from_config(cfg.graph, table) if table is not None else None
-        # The validation transform of training: resize (or fit and pad), to float, normalise if the run did.
-        self._transform = None if native_size else build_transforms(cfg.data, train=False)
+        # Where the predictor's own segmenter segments: the model's setting for its own segmenter, else the given one
+        geometry = segmenter_input
+        if geometry is None and self.segmenter is not None:
+            same = model is not None and own is model.segmenter
+            geometry = model.segmenter_input if same else SegmenterInput(stride=self.segmenter.stride)
+        self.segmenter_input = geometry
+        # The validation transform of training: resize (or fit and pad), to float, normalise if the run did. A model
+        # that segments online reads images at the larger of the two streams' sizes, as in training.
+        data = cfg.data
+        if self.model is not None and self.segmenter is None and self.model.segmenter is not None:
+            size = model_input_size(data.image_size, self.model.segmenter_input)
+            data = dataclasses.replace(data, image_size=size)
+        self._transform = None if native_size else build_transforms(data, train=False)
+        # The segmenter's own input, resized from the photo (as graph stores are built); None: the model's input
+        self._seg_transform = None
+        if geometry is not None and geometry.size is not None and not native_size:
+            self._seg_transform = segmenter_transforms(cfg.data, geometry.size, keep_ratio=geometry.keep_ratio,
+                                                       long_side=geometry.long_side if geometry.keep_ratio else 0)
+            if self.model is None:  # a segmenter alone: its input is the only one
+                self._transform, self._seg_transform = self._seg_transform, None
         self.stream_means, self.explain_method = stream_means, explain_method
         self._explainer = None  # built on the first predict(..., explain=True)
 
@@ -286,8 +337,11 @@ class Predictor:
         if self.segmenter is not None:
             parts.append(f"segmenter {type(self.segmenter).__name__}")
         size = "native" if self.native_size else "x".join(map(str, self.cfg.data.image_size))
-        return (f"Predictor({', '.join(parts)}, input {size}, device={self.device}, precision={self.precision}, "
-                f"graphs={'on' if self.graph_stream else 'off'})")
+        geometry = self.segmenter_input if self.segmenter is not None else (
+            self.model.segmenter_input if self.model is not None and self.model.segmenter is not None else None)
+        seg = f", segmenter input {geometry}" if geometry is not None and self.graph_stream else ""
+        return (f"Predictor({', '.join(parts)}, input {size}{seg}, device={self.device}, "
+                f"precision={self.precision}, graphs={'on' if self.graph_stream else 'off'})")
 
     # ------------------------------------------------------------------------------------------------ construction
 
@@ -320,9 +374,13 @@ class Predictor:
         model = build_model(cfg, num_scenes=len(scenes), class_table=class_table)
         load_model_state(model, state, source)
         log.info("loaded %s: %d scenes, class table %s", source, len(scenes), class_table.name)
-        seg = segmenter_from_spec(segmenter, cfg.graph)[0] if segmenter is not None else None
+        seg = geometry = None
+        if segmenter is not None:
+            seg, seg_cfg, _ = segmenter_from_spec(segmenter, cfg.graph)
+            geometry = segmenter_geometry(seg_cfg, seg)  # it segments at its own size
         return cls(model=model, segmenter=seg, cfg=cfg, scenes=scenes, class_table=class_table, device=device,
-                   precision=precision, stream_means=stream_means, explain_method=explain_method)
+                   precision=precision, stream_means=stream_means, explain_method=explain_method,
+                   segmenter_input=geometry)
 
     @classmethod
     def from_segmenter(cls, spec: str, *, graph: GraphConfig | None = None, device: str | torch.device = "cpu",
@@ -332,14 +390,27 @@ class Predictor:
         ``detectron2:<config>[@<weights>]`` (images at their own size, these resize internally; graph settings
         from ``graph``, default :class:`~twostream.config.GraphConfig`)."""
         segmenter, cfg, native = segmenter_from_spec(spec, graph)
-        return cls(segmenter=segmenter, cfg=cfg, native_size=native, device=device, precision=precision)
+        geometry = SegmenterInput(stride=segmenter.stride) if native else segmenter_geometry(cfg, segmenter)
+        return cls(segmenter=segmenter, cfg=cfg, native_size=native, device=device, precision=precision,
+                   segmenter_input=geometry)
 
     # ------------------------------------------------------------------------------------------------ prediction
 
-    def _prepare(self, image: np.ndarray) -> _Input:
-        """``(H, W, 3)`` uint8 -> the model's input and where the image lies in it."""
+    @staticmethod
+    def _apply(transform, chw: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:
+        """``transform`` on a ``(3, H, W)`` uint8 image -> (the tensor, its content box). The mask marks what
+        padding (``keep_ratio``) adds: the transform fills it with ``IGNORE_INDEX``."""
         from torchvision import tv_tensors
 
+        h0, w0 = chw.shape[-2:]
+        x, mask = transform(tv_tensors.Image(chw), tv_tensors.Mask(torch.zeros(h0, w0, dtype=torch.uint8)))
+        content = (mask != IGNORE_INDEX).nonzero()
+        top, left = (int(v) for v in content.min(dim=0).values)
+        bottom, right = (int(v) + 1 for v in content.max(dim=0).values)
+        return x.as_subclass(Tensor), (top, left, bottom - top, right - left)
+
+    def _prepare(self, image: np.ndarray) -> _Input:
+        """``(H, W, 3)`` uint8 -> the model's input (and the segmenter's), and where the image lies in them."""
         h0, w0 = image.shape[:2]
         chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W) uint8
         if self._transform is None:  # native size, capped
@@ -349,12 +420,11 @@ class Predictor:
                 size = (max(1, round(h0 * scale)), max(1, round(w0 * scale)))
                 x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
             return _Input(x, (0, 0, *x.shape[-2:]), (h0, w0))
-        # The mask marks what padding (keep_ratio) adds: the transform fills it with IGNORE_INDEX.
-        x, mask = self._transform(tv_tensors.Image(chw), tv_tensors.Mask(torch.zeros(h0, w0, dtype=torch.uint8)))
-        content = (mask != IGNORE_INDEX).nonzero()
-        top, left = (int(v) for v in content.min(dim=0).values)
-        bottom, right = (int(v) + 1 for v in content.max(dim=0).values)
-        return _Input(x.as_subclass(Tensor), (top, left, bottom - top, right - left), (h0, w0))
+        x, box = self._apply(self._transform, chw)
+        inp = _Input(x, box, (h0, w0))
+        if self._seg_transform is not None:  # the segmenter's input, resized from the photo itself
+            inp.seg_tensor, inp.seg_box = self._apply(self._seg_transform, chw)
+        return inp
 
     def predict(self, images: Sequence[np.ndarray | str | Path], topk: int = 5, batch_size: int = 8,
                 explain: bool = False, explain_scene: str | None = None) -> list[Prediction]:
@@ -398,10 +468,11 @@ class Predictor:
     def _predict_batch(self, images: Sequence[np.ndarray], topk: int, explain: bool = False,
                        scene_index: int | None = None) -> list[Prediction]:
         inputs = [self._prepare(im) for im in images]
-        # Same-sized inputs run together: all of them with a fixed image_size, equal shapes with native sizes.
-        groups: dict[tuple[int, ...], list[int]] = {}
+        # Same-sized inputs run together: all of them with fixed sizes, equal shapes with native sizes or keep_ratio.
+        groups: dict[tuple, list[int]] = {}
         for i, inp in enumerate(inputs):
-            groups.setdefault(tuple(inp.tensor.shape), []).append(i)
+            seg_shape = tuple(inp.seg_tensor.shape) if inp.seg_tensor is not None else None
+            groups.setdefault((tuple(inp.tensor.shape), seg_shape), []).append(i)
         results: list[Prediction | None] = [None] * len(inputs)
         for idx in groups.values():
             for i, pred in zip(idx, self._run([inputs[i] for i in idx], topk, explain, scene_index)):
@@ -414,15 +485,19 @@ class Predictor:
 
         x = torch.stack([inp.tensor for inp in inputs]).to(self.device)  # (B, 3, h, w)
         logits = labels = graphs = confidence = None
+        own_input = inputs[0].seg_tensor is not None
+        boxes = [inp.seg_box if own_input else inp.box for inp in inputs]  # content boxes in the segmenter's input
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                                     enabled=self.amp_dtype is not None):
-            if self.segmenter is not None:  # graphs built here, the way the graph cache builds them
-                sem_logits = self.segmenter(x)["sem_logits"]
+            if self.segmenter is not None:  # graphs built here, the way the graph store builds them
+                xs = torch.stack([inp.seg_tensor for inp in inputs]).to(self.device) if own_input else x
+                sem_logits = segment(self.segmenter, xs, self.segmenter_input)  # (B, K, h, w) at its size
                 labels = sem_logits.argmax(dim=1)  # (B, h, w)
                 confidence = pixel_confidence(sem_logits)  # (B, h, w) max softmax probability
+                boxes = [_scale_box(b, xs.shape[-2:], labels.shape[-2:]) for b in boxes]
                 void = labels
-                if any(inp.padded for inp in inputs):
-                    pad = torch.stack([self._pad_mask(inp) for inp in inputs]).to(labels.device)  # (B, h, w)
+                if any(b[2:] != tuple(labels.shape[-2:]) for b in boxes):
+                    pad = torch.stack([self._pad_mask(b, labels.shape[-2:]) for b in boxes]).to(labels.device)
                     void = labels.masked_fill(pad, IGNORE_INDEX)
                 graphs = self.builder.build_batch(void, confidence=confidence)
                 if self.model is not None:
@@ -430,9 +505,10 @@ class Predictor:
             else:
                 out = self.model(x)
                 logits = out["logits"]
-                if "sem_logits" in out:
+                if "sem_logits" in out:  # built inside, at the segmenter's size
                     labels, graphs = out["sem_logits"].argmax(dim=1), out["graphs"]
                     confidence = pixel_confidence(out["sem_logits"])
+                    boxes = [_scale_box(b, x.shape[-2:], labels.shape[-2:]) for b in boxes]
         probs = logits.float().softmax(dim=1).cpu() if logits is not None else None  # (B, S)
         explanations = None
         if explain:  # outside inference mode: the attributions need gradients
@@ -446,11 +522,12 @@ class Predictor:
                 p, j = probs[i].topk(min(topk, probs.shape[1]))
                 scenes = [(self.scenes[c], float(q)) for q, c in zip(p.tolist(), j.tolist())]
             sem_map = graph = None
-            top, left, ch, cw = inp.box
             if labels is not None:
+                top, left, ch, cw = boxes[i]
                 content = labels[i, top:top + ch, left:left + cw]  # (ch, cw)
+                padded = (ch, cw) != tuple(labels.shape[-2:])
                 graph = (self.builder(content, confidence=confidence[i, top:top + ch, left:left + cw])
-                         if inp.padded else graphs[i]).to("cpu")
+                         if padded else graphs[i]).to("cpu")
                 sem_map = _resize_labels(content, inp.size).cpu().numpy()
             explanation = explanations[i] if explanations is not None else None
             if explanation is not None and explanation.cam is not None:
@@ -459,13 +536,14 @@ class Predictor:
                 explanation.cam = resize_cam(explanation.cam, inp.box, inp.size)  # at the photo's own size
             predictions.append(Prediction(scenes=scenes, sem_map=sem_map, graph=graph,
                                           class_table=self.class_table if graph is not None else None,
-                                          image_size=inp.size, explanation=explanation))
+                                          image_size=inp.size, explanation=explanation,
+                                          segmenter_size=tuple(labels.shape[-2:]) if labels is not None else None))
         return predictions
 
     @staticmethod
-    def _pad_mask(inp: _Input) -> Tensor:
-        """``(h, w)`` bool, True outside the content box."""
-        pad = torch.ones(inp.tensor.shape[-2:], dtype=torch.bool)
-        top, left, ch, cw = inp.box
+    def _pad_mask(box: tuple[int, int, int, int], size: tuple[int, int]) -> Tensor:
+        """``size (h, w)`` bool, True outside the content ``box``."""
+        pad = torch.ones(tuple(size), dtype=torch.bool)
+        top, left, ch, cw = box
         pad[top:top + ch, left:left + cw] = False
         return pad

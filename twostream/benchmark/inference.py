@@ -38,7 +38,7 @@ from twostream.config import Config, config_to_dict, load_config
 log = logging.getLogger(__name__)
 
 __all__ = ["CI_OVERRIDES", "DEFAULT_MODELS", "MODELS_BY_NAME", "STAGES", "InferenceRow", "ModelSpec", "bench_inference",
-           "build_spec_model", "compile_dense", "spec_config", "stage_calls"]
+           "build_spec_model", "compile_dense", "input_size", "spec_config", "stage_calls"]
 
 STAGES = ("segmenter", "builder", "gnn", "image_encoder", "fusion_head")
 IMAGE_ONLY = ("model.gnn.enabled=false", "model.fusion.type=none")
@@ -74,17 +74,23 @@ class ModelSpec:
         config: YAML stem under the config folder (``swin_gat`` -> ``configs/swin_gat.yaml``).
         overrides: extra ``key=value`` overrides (e.g. the image-only variant of a two-stream config).
         baseline: ``name`` of the image-only row this row's latency is divided by (same image encoder and size).
+        segmenter_scale: run the segmenter at this multiple of the image size (``model.segmenter.input_size``,
+            rounded to a multiple of 32; images are read at that size and shrunk for the image encoder); ``None``:
+            the config's own.
     """
 
     name: str
     config: str
     overrides: tuple[str, ...] = ()
     baseline: str | None = None
+    segmenter_scale: float | None = None
 
 
 DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("image_only_swin", "image_only_swin"),
     ModelSpec("swin_gat", "swin_gat", baseline="image_only_swin"),
+    # the ADE20K setting: the segmenter at its 512 px training size, the image encoder at 224 (docs/resolution.md)
+    ModelSpec("swin_gat:seg_hires", "swin_gat", baseline="image_only_swin", segmenter_scale=512 / 224),
     ModelSpec("shared_swin_gat", "shared_swin_gat", baseline="image_only_swin"),
     ModelSpec("vit_gcn:image_only", "vit_gcn", IMAGE_ONLY),  # the ratio's baseline: vit_gcn's image stream alone
     ModelSpec("vit_gcn", "vit_gcn", baseline="vit_gcn:image_only"),
@@ -109,6 +115,7 @@ class InferenceRow:
     backbone: Timing | None = None  # shared backbone alone (part of the segmenter stage)
     peak_mib: float | None = None
     segmenter: str = ""  # what the segmenter is (for the report's notes)
+    segmenter_input: str = ""  # where it segments (model.segmenter.input_size), e.g. "512x512"
     nodes: float | None = None  # mean nodes per graph built from the segmenter's maps
     edges: float | None = None  # mean directed edges per graph
     baseline: str | None = None
@@ -139,7 +146,19 @@ def spec_config(spec: ModelSpec, config_dir: Path, *, size: int | None = None, c
         name = load_config(path, overrides).model.image_encoder.name
         overrides += [f"model.image_encoder.name={tiny}" for prefix, tiny in CI_ENCODERS.items()
                       if name.startswith(prefix)]
+    if spec.segmenter_scale is not None:
+        h, w = load_config(path, overrides).data.image_size
+        seg = [max(32, 32 * round(s * spec.segmenter_scale / 32)) for s in (h, w)]
+        overrides.append(f"model.segmenter.input_size=[{seg[0]}, {seg[1]}]")
     return load_config(path, [*overrides, *extra])
+
+
+def input_size(cfg: Config) -> tuple[int, int]:
+    """The size a benchmarked model takes its images at: the larger of its two streams' (its segmenter runs on
+    them: :func:`~twostream.models.two_stream.classifier_input_size`)."""
+    from twostream.models.two_stream import classifier_input_size
+
+    return classifier_input_size(cfg, segmenter_runs=True)
 
 
 def build_spec_model(cfg: Config, seed: int = 0) -> nn.Module:
@@ -214,14 +233,16 @@ def stage_calls(model: nn.Module, images: Tensor, *, segmenter_cache: dict | Non
     """
     from torch_geometric.data import Batch
 
+    from twostream.models.segmenter_input import crop_outputs, segmenter_canvas
+
     calls: dict[str, Callable[[], Any]] = {}
     outputs: dict[str, Any] = {}
-    seg, size = model.segmenter, images.shape[-2:]
+    seg = model.segmenter
     backbone_feats: list[Tensor] | None = None
     graph_pooled = node_emb = graphs = None
 
     if model.shared_backbone:
-        calls["backbone"] = lambda: seg.forward_features(images)  # [C2..C5]
+        calls["backbone"] = lambda: model.backbone_features(images)  # [C2..C5] at the segmenter's size
         backbone_feats = calls["backbone"]()
 
     if model.graph_encoder is not None:
@@ -229,15 +250,19 @@ def stage_calls(model: nn.Module, images: Tensor, *, segmenter_cache: dict | Non
             raise ValueError("benchmark: a graph stream without a segmenter reads graphs from a cache; benchmark "
                              "configs with model.segmenter.kind=upsnet")
 
+        geometry = model.segmenter_input  # at the segmenter's size: resized, padded to its stride, cropped back
+
         def segmenter_stage() -> tuple[Tensor, Tensor | None]:
-            out = (seg.forward_from_features(seg.forward_features(images), size) if model.shared_backbone
-                   else seg(images))
-            return out["sem_logits"].argmax(dim=1), out.get("features")  # (B, H, W), (B, C, H/4, W/4)
+            x, content = segmenter_canvas(images, geometry)
+            out = (seg.forward_from_features(seg.forward_features(x), x.shape[-2:]) if model.shared_backbone
+                   else seg(x))
+            out = crop_outputs(out, content)
+            return out["sem_logits"].argmax(dim=1), out.get("features")  # (B, h, w), (B, C, h/4, w/4)
 
         calls["segmenter"] = segmenter_stage
         key = None
         if segmenter_cache is not None and timer is not None:
-            key = (json.dumps(_segmenter_cfg(model), sort_keys=True), tuple(images.shape),
+            key = (json.dumps(_segmenter_cfg(model), sort_keys=True), tuple(images.shape), str(geometry),
                    str(images.device), _param_signature(seg))
         if key is not None and key in segmenter_cache:
             cached: _SegmenterResult = segmenter_cache[key]
@@ -266,7 +291,8 @@ def stage_calls(model: nn.Module, images: Tensor, *, segmenter_cache: dict | Non
     tokens = image_pooled = None
     if model.image_encoder is not None:
         enc = model.image_encoder
-        source = backbone_feats[-1] if model.shared_backbone else images  # C5 (B, C, h, w) or the images
+        # C5 (B, C, h, w) or the images at the image encoder's size
+        source = backbone_feats[-1] if model.shared_backbone else model.encoder_input(images)
 
         def image_stage() -> tuple[Tensor, Tensor]:
             t = enc.forward_features(source)  # (B, T, Ci)
@@ -347,7 +373,7 @@ def bench_inference(specs: Sequence[ModelSpec], config_dir: Path, device: torch.
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode(), autocast:
         for batch in batch_sizes:
-            sizes = {tuple(cfg.data.image_size) for _, cfg, _ in built}
+            sizes = {input_size(cfg) for _, cfg, _ in built}
             images = {s: torch.rand(batch, 3, *s, generator=generator).to(device) for s in sizes}
             batch_rows = _round_robin(built, images, batch, device, probe, warmup=warmup, iters=iters,
                                       min_iters=min_iters, budget_s=budget_s)
@@ -355,7 +381,7 @@ def bench_inference(specs: Sequence[ModelSpec], config_dir: Path, device: torch.
             encoder_cache: dict[str, Timing] = {}
             for (spec, cfg, model), row in zip(built, batch_rows):
                 log.info("stages of %s at batch %d", spec.name, batch)
-                _time_stages(model, cfg, images[tuple(cfg.data.image_size)], row, timed, segmenter_cache,
+                _time_stages(model, cfg, images[input_size(cfg)], row, timed, segmenter_cache,
                              encoder_cache)
             rows += batch_rows
     return rows, probe.method
@@ -367,7 +393,7 @@ def _round_robin(built: list[tuple[ModelSpec, Config, nn.Module]], images: dict[
     """End-to-end timing: warm-up (the last warm-up call measures memory), then rounds of one call per model."""
     rows = []
     for spec, cfg, model in built:
-        x = images[tuple(cfg.data.image_size)]
+        x = images[input_size(cfg)]
         log.info("warming up %s at batch %d", spec.name, batch)
         for _ in range(max(warmup, 1) - 1):
             model(x)
@@ -376,11 +402,12 @@ def _round_robin(built: list[tuple[ModelSpec, Config, nn.Module]], images: dict[
         peak = probe.stop()
         rows.append(InferenceRow(name=spec.name, config=spec.config, batch=batch,
                                  image_size=tuple(cfg.data.image_size), params=_count_params(model), e2e=Timing(),
-                                 peak_mib=peak, baseline=spec.baseline, segmenter=_describe_segmenter(cfg, model)))
+                                 peak_mib=peak, baseline=spec.baseline, segmenter=_describe_segmenter(cfg, model),
+                                 segmenter_input=str(model.segmenter_input) if model.segmenter is not None else ""))
     spent = 0.0
     for r in range(iters):
         for (_, cfg, model), row in zip(built, rows):
-            x = images[tuple(cfg.data.image_size)]
+            x = images[input_size(cfg)]
             sync(device)
             t0 = time.perf_counter()
             model(x)

@@ -191,6 +191,15 @@ class BenchmarkResult:
         if any(r.reused for r in self.inference):
             notes.append("† measured once for all rows with an identical module (same config and weights) at this "
                          "batch size.")
+        hires = {r.name: r for r in self.inference if r.name.endswith(":seg_hires")}
+        for name, r in hires.items():
+            base = name.rsplit(":", 1)[0]
+            other = next((o for o in self.inference if o.name == base), None)
+            notes.append(f"{name}: {base} with its segmenter at {r.segmenter_input} (the image encoder at "
+                         f"{r.image_size[0]}x{r.image_size[1]}; images read at the segmenter's size and shrunk for "
+                         f"the encoder), against {base}'s segmenter at "
+                         f"{other.segmenter_input if other is not None else 'the image size'}: the cost of "
+                         "segmenting at the segmenter's own resolution (docs/resolution.md).")
         if any(r.backbone is not None for r in self.inference):
             notes.append("With a shared backbone the segmenter column includes the backbone (its own time given as "
                          "\"backbone\") and the image-encoder column is the adapter on the backbone's C5 map.")

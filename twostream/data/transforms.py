@@ -39,10 +39,13 @@ __all__ = [
     "InstanceMasks",
     "RandomResizedCrop",
     "Resize",
+    "ResizeKeepRatio",
     "ResizePad",
     "build_transforms",
     "instance_targets",
+    "keep_ratio_size",
     "make_transforms",
+    "segmenter_transforms",
 ]
 
 FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}  # padding: black image, unsupervised mask
@@ -132,6 +135,35 @@ class ResizePad(v2.Transform):
         return f"size={self.size}"
 
 
+def keep_ratio_size(h: int, w: int, short: int, long: int) -> tuple[int, int]:
+    """mmsegmentation's ``Resize(scale=(long, short), keep_ratio=True)``: the largest scale at which the short side
+    is at most ``short`` and the long side at most ``long``; sides rounded to the nearest pixel."""
+    scale = min(short / min(h, w), long / max(h, w))
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+class ResizeKeepRatio(v2.Transform):
+    """Resize keeping the aspect ratio: the short side to ``short``, the long side at most ``long``
+    (:func:`keep_ratio_size`); no padding (a segmenter pads to its stride itself). Masks: ``NEAREST_EXACT``."""
+
+    def __init__(self, short: int, long: int) -> None:
+        super().__init__()
+        self.short, self.long = int(short), int(long)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"size": list(keep_ratio_size(*query_size(flat_inputs), self.short, self.long))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            return F.resize(inpt, params["size"], interpolation=_MASK_INTERPOLATION, antialias=False)
+        if isinstance(inpt, tv_tensors.Image):
+            return F.resize(inpt, params["size"], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        return inpt
+
+    def extra_repr(self) -> str:
+        return f"short={self.short}, long={self.long}"
+
+
 def _check_range(name: str, value: Sequence[float], lo: float, hi: float) -> None:
     if len(value) != 2 or not (lo < value[0] <= value[1] <= hi):
         raise ValueError(f"transforms: {name} must be (min, max) with {lo} < min <= max <= {hi}, got {tuple(value)}")
@@ -207,3 +239,24 @@ def build_transforms(data_cfg: DataConfig, train: bool) -> v2.Compose:
         mean=data_cfg.mean,
         std=data_cfg.std,
     )
+
+
+def segmenter_transforms(data_cfg: DataConfig, size: Sequence[int], *, keep_ratio: bool = False,
+                         long_side: int = 0) -> v2.Compose:
+    """The validation pipeline at a segmenter's input size (``model.segmenter.input_size``) instead of
+    ``data.image_size``: what graph stores of its predictions and the predictor feed it.
+
+    ``keep_ratio`` (mmsegmentation's whole-image inference): short side ``min(size)``, long side at most
+    ``long_side`` (``0``: 4 x the short side), each image its own size; otherwise exactly ``size``, stretched or,
+    with ``data.keep_ratio``, fitted and padded (mask padding 255) as the classifier's images are.
+    """
+    if not keep_ratio:
+        return make_transforms(size, train=False, keep_ratio=data_cfg.keep_ratio, normalize=data_cfg.normalize,
+                               mean=data_cfg.mean, std=data_cfg.std)
+    short = min(int(size[0]), int(size[1]))
+    steps: list[Any] = [ResizeKeepRatio(short, long_side or 4 * short),
+                        v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None},
+                                   scale=True)]
+    if data_cfg.normalize:
+        steps.append(v2.Normalize(mean=list(data_cfg.mean), std=list(data_cfg.std)))
+    return v2.Compose(steps)

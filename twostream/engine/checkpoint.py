@@ -64,6 +64,7 @@ __all__ = [
     "resolve_checkpoint",
     "resolve_segmenter_config",
     "restore_rng",
+    "trained_input_size",
     "write_export",
 ]
 
@@ -437,7 +438,9 @@ def resolve_segmenter_config(cfg: Config) -> Config:
     sets (any value other than the default) must agree with the checkpoint's, else one :class:`ConfigError` names
     the first differing key and both values. ``checkpoint`` becomes the file it resolves to (a run folder's
     ``best.pth``, an export's ``model.safetensors``), so the run's config records which file it used and graph caches
-    key on that file. Other configs come back unchanged.
+    key on that file. ``input_size: null`` becomes the size the segmenter was trained at
+    (:func:`trained_input_size`), so the run records the size its segmenter segments at. Other configs come back
+    unchanged.
     """
     from twostream.config import (
         SEGMENTER_ARCHITECTURE,
@@ -467,7 +470,21 @@ def resolve_segmenter_config(cfg: Config) -> Config:
                               f"{theirs!r}")
     arch = {key: getattr(trained, key) for key in SEGMENTER_ARCHITECTURE}
     arch["checkpoint"] = str(source)
+    if seg.input_size is None:  # segment at the size the segmenter was trained at (docs/resolution.md)
+        # None when the checkpoint records none: the model then falls back to data.image_size, logged once there
+        arch["input_size"] = trained_input_size(ckpt["config"])
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, segmenter=dataclasses.replace(seg, **arch)))
+
+
+def trained_input_size(config: dict) -> tuple[int, int] | None:
+    """The ``(H, W)`` a checkpoint's segmenter segments at, from the checkpoint's config as saved (a dict): its
+    ``model.segmenter.input_size`` when set (a classifier that resolved it), else its ``data.image_size`` (the size a
+    segmentation run trained at, or a classifier of earlier versions segmented at); ``None`` when it records neither."""
+    seg = (config.get("model") or {}).get("segmenter") or {}
+    size = seg.get("input_size") or (config.get("data") or {}).get("image_size")
+    if not isinstance(size, list | tuple) or len(size) != 2:
+        return None
+    return int(size[0]), int(size[1])
 
 
 def write_export(out_dir: str | Path, *, state: dict[str, torch.Tensor], config: Config, class_table: dict,

@@ -70,9 +70,11 @@ def collate(items: Sequence[dict | None]) -> dict | None:
     """Stack a list of dataset items; items that failed to load (``None``) are dropped (the dataset logged them).
 
     Returns ``{"image": (B, 3, H, W), "sem_seg": (B, H, W), "scene": (B,), "name": list[str],
-    "graph": torch_geometric Batch, "instances": list of B dicts}`` (keys present in the items only), or ``None`` if
-    every item failed. Per-image entries of variable size (``"instances"``: ``boxes (M_i, 4)``, ``labels (M_i,)``,
-    ``masks (M_i, H, W)``) stay a list, one entry per image, as the segmenter's targets take them.
+    "graph": torch_geometric Batch, "instances": list of B dicts, "sem_seg_original": list of B (H_i, W_i)}`` (keys
+    present in the items only), or ``None`` if every item failed. Per-image entries of variable size
+    (``"instances"``: ``boxes (M_i, 4)``, ``labels (M_i,)``, ``masks (M_i, H, W)``, as the segmenter's targets take
+    them; ``"sem_seg_original"``: the annotation at the image's own size, what evaluation scores against) stay a
+    list, one entry per image.
     """
     items = [it for it in items if it is not None]
     if not items:
@@ -84,8 +86,8 @@ def collate(items: Sequence[dict | None]) -> dict | None:
             from torch_geometric.data import Batch
 
             out[key] = Batch.from_data_list(values)
-        elif key == "instances":
-            out[key] = values  # M differs per image: nothing to stack
+        elif key in ("instances", "sem_seg_original"):
+            out[key] = values  # M (instances) or the image's own size (annotations) differs: nothing to stack
         elif isinstance(values[0], torch.Tensor):
             out[key] = torch.stack(values)
         elif isinstance(values[0], int | float):

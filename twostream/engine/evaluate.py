@@ -7,6 +7,11 @@ One pass over the split scores everything the checkpoint can be scored on:
   (node and edge precision / recall / F1 against the graphs of the annotations);
 - a **segmenter** (segmentation-stage checkpoint): mIoU / pixel accuracy and the scene-graph quality.
 
+The segmenter segments at its own input size (``model.segmenter.input_size``, by default the size it was trained at;
+``metrics["segmenter_input"]``), and both scores are taken against each image's annotation at its original size, as
+mmsegmentation scores: logits upsampled to it for mIoU, the graph built at the segmenter's size matched against the
+graph of the original annotation (:mod:`twostream.engine.evaluators.semseg`, docs/resolution.md).
+
 A classifier is also scored on named subsets of the split (``subsets``: every list of the dataset's
 ``synthetic.json`` and any ``--subset NAME=FILE``). Each metric is an evaluator of :mod:`twostream.engine.evaluators`
 fed by its one loop, :func:`~twostream.engine.evaluators.inference_on_dataset`; what the loop reads is
@@ -68,16 +73,51 @@ def _dataset(cfg: Config, split: str, vocabulary, instances: bool = False):
                          class_table=dataset_class_table(cfg.data))
 
 
+class OriginalAnnotations(torch.utils.data.Dataset):
+    """Adds ``item["sem_seg_original"]``, the item's annotation at its image's own size ``(H, W)`` int64 (read
+    from its file again: the transforms resized ``"sem_seg"``), which segmentation and graph quality are scored
+    against (:mod:`twostream.engine.evaluators.semseg`)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.paths = {stem: ann for stem, _, ann, _ in dataset.items}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):
+        if name in ("dataset", "paths"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int):
+        from twostream.data.io import load_label
+
+        item = self.dataset[index]
+        if item is not None:
+            item["sem_seg_original"] = torch.from_numpy(load_label(self.paths[item["name"]])).long()
+        return item
+
+
+def _at_size(cfg: Config, size: tuple[int, int]) -> Config:
+    """``cfg`` whose items are read at ``size`` (the model's input size) instead of ``data.image_size``."""
+    if tuple(size) == tuple(cfg.data.image_size):
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=tuple(size)))
+
+
 def _split_loader(cfg: Config, split: str, *, vocabulary=None, gt_graphs=None, instances: bool = False,
-                  batch_size: int | None = None, store_cfg: Config | None = None):
+                  batch_size: int | None = None, store_cfg: Config | None = None, originals: bool = False):
     """What the evaluation reads, in order: the split's items (with ``gt_graphs``, a ``SceneGraphBuilder``, each item
-    also carries the graph of its annotation; with ``instances``, its instance masks), batched. With ``store_cfg``
-    (a graph-only model, ``--graphs store``) the items are the split's graph store's graphs and scenes: no image or
-    annotation is opened."""
+    also carries the graph of its annotation; with ``instances``, its instance masks; with ``originals``, its
+    annotation at the image's own size), batched. With ``store_cfg`` (a graph-only model, ``--graphs store``) the
+    items are the split's graph store's graphs and scenes: no image or annotation is opened."""
     if store_cfg is not None:
         dataset = store_items(store_cfg, split, vocabulary, max_items=cfg.data.max_items)
     else:
         dataset = _dataset(cfg, split, vocabulary, instances=instances)
+        if originals:
+            dataset = OriginalAnnotations(dataset)
     if gt_graphs is not None:
         dataset = WithGraphs(dataset, builder=gt_graphs)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, shuffle=False,
@@ -153,7 +193,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
             raise ValueError(f"--subset scores scene classification; {path} is a segmentation-stage checkpoint")
         if explain:
             raise ValueError(f"{path}: --explain explains a scene classifier; this is a segmentation checkpoint")
-        metrics = _evaluate_segmenter(path, cfg, model_cfg, split, class_table, dev, batch_size)
+        metrics = _evaluate_segmenter(path, cfg, model_cfg, split, class_table, dev, batch_size, ckpt["config"])
     elif ckpt.get("stage") == "classifier":
         explain_with = explain_method if explain else None
         metrics = _evaluate_classifier(ckpt, path, cfg, model_cfg, split, class_table, graphs, dev, batch_size, out,
@@ -167,14 +207,24 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
 
 
 def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, class_table: ClassTable,
-                        device: torch.device, batch_size: int | None) -> dict:
-    from twostream.engine.checkpoint import load_segmenter
+                        device: torch.device, batch_size: int | None, raw_config: dict) -> dict:
+    from twostream.engine.checkpoint import load_segmenter, trained_input_size
     from twostream.graph.builder import SceneGraphBuilder
+    from twostream.models.segmenter_input import ResizedSegmenter, segmenter_input
 
     segmenter = load_segmenter(path, device)
     if not _scores_segmentation(class_table, cfg):
         raise ValueError(f"{path}: a segmenter of '{class_table.name}' labels cannot be scored on the annotations of "
                          f"{cfg.data.root} ('{dataset_class_table(cfg.data).name}' labels)")
+    # it segments at the size it was trained at (or model.segmenter.input_size), whatever cfg.data.image_size is
+    seg_cfg = model_cfg.model.segmenter
+    if seg_cfg.input_size is None:
+        seg_cfg = dataclasses.replace(seg_cfg, input_size=trained_input_size(raw_config))
+    geometry = segmenter_input(seg_cfg, model_cfg.data, type(segmenter))
+    model = ResizedSegmenter(segmenter, geometry)
+    items = _at_size(cfg, geometry.resized(*cfg.data.image_size))
+    log.info("%s: segmenting at %s (items read at %dx%d); scored against the annotations at their own size", path,
+             geometry, *items.data.image_size)
     evaluators: dict[str, Evaluator] = {
         "segmentation": SemSegEvaluator(class_table, device=device),
         "graph_quality": SceneGraphEvaluator(SceneGraphBuilder.from_config(model_cfg.graph, class_table)),
@@ -182,10 +232,10 @@ def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, 
     # PQ when the checkpoint has the panoptic head and the data its instance annotations (data.instances)
     if cfg.data.instances:
         evaluators["panoptic"] = PanopticEvaluator(class_table, device=device)
-    loader = _split_loader(cfg, split, instances=cfg.data.instances, batch_size=batch_size)
-    results = inference_on_dataset(segmenter, loader, evaluators, forward=run_segmenter, device=device)
+    loader = _split_loader(items, split, instances=cfg.data.instances, batch_size=batch_size, originals=True)
+    results = inference_on_dataset(model, loader, evaluators, forward=run_segmenter, device=device)
     metrics = {"stage": "segmentation", "segmentation": results["segmentation"],
-               "graph_quality": results["graph_quality"]}
+               "graph_quality": results["graph_quality"], "segmenter_input": geometry.to_dict()}
     s, g = metrics["segmentation"], metrics["graph_quality"]["micro"]
     log.info("%s: mIoU %.1f%%, pixel accuracy %.1f%% on %d images; graph node F1 %.3f, edge F1 %.3f", split,
              100 * s["miou"], 100 * s["pixel_accuracy"], s["num_images"], g["node_f1"], g["edge_f1"])
@@ -240,11 +290,17 @@ def _evaluate_classifier(ckpt: dict, path: Path, cfg: Config, model_cfg: Config,
         evaluators["explanation"] = build_explanation_evaluator(
             model, vocabulary.names, data_root=cfg.data.root, class_table=class_table,
             stream_means=ckpt.get("stream_means"), out_dir=out, method=explain_method)
-    loader = _split_loader(cfg, split, vocabulary=vocabulary, batch_size=batch_size,
+    from twostream.models.segmenter_input import model_input_size
+
+    # online: items at the segmenter's size when it is larger (the model shrinks a copy for the image encoder)
+    size = model_input_size(cfg.data.image_size, model.segmenter_input if graphs == "online" else None)
+    loader = _split_loader(_at_size(cfg, size), split, vocabulary=vocabulary, batch_size=batch_size,
                            gt_graphs=builder if graphs == "gt" and m.gnn.enabled else None,
-                           store_cfg=store_cfg if graphs == "store" else None)
+                           store_cfg=store_cfg if graphs == "store" else None, originals="segmentation" in evaluators)
     results = inference_on_dataset(model, loader, evaluators, forward=run_classifier, device=device)
     metrics = {"stage": "classifier", "graphs": graphs, **results.pop("scenes"), **results}
+    if graphs == "online":
+        metrics["segmenter_input"] = model.segmenter_input.to_dict()
     if "explanation" in metrics:
         from twostream.explain.evaluation import format_explanation_metrics
 

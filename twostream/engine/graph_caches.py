@@ -2,8 +2,11 @@
 
 ``gt`` graphs come from the annotations; ``pred`` graphs from a segmenter's predictions: a trained UPSNet
 (``model.segmenter.checkpoint``) or a published model (``model.segmenter.kind: hf | detectron2``), so graph-only and
-two-stream classifiers can train on the graphs of a segmenter nobody trained here. The store folder is the one
-training computes from the same config (:func:`store_dir`).
+two-stream classifiers can train on the graphs of a segmenter nobody trained here. A segmenter segments at its own
+input size (``model.segmenter.input_size``; by default the size its checkpoint was trained at): ``pred`` items are
+read at that size and their graphs built from its map there, with each node's mean confidence
+(docs/resolution.md). The store folder is the one training computes from the same config (:func:`store_dir`); its
+key includes that size (:func:`map_size`).
 
 Across processes. Under ``torchrun`` (``WORLD_SIZE`` > 1) rank 0 prepares the folder, every rank builds the chunks
 ``k`` with ``k % world_size == rank`` that are not on disk yet (on ``cuda:<LOCAL_RANK>`` for ``pred``), and rank 0,
@@ -31,8 +34,8 @@ from twostream.config import Config
 log = logging.getLogger(__name__)
 
 __all__ = ["build_split_caches", "build_store_from_json", "checkpoint_identity", "convert_cache", "default_cache_dir",
-           "graphs_only", "graphs_only_datasets", "open_store", "segmenter_for_cache", "segmenter_identity",
-           "store_available", "store_dir", "store_items"]
+           "graphs_only", "graphs_only_datasets", "map_size", "open_store", "segmenter_for_cache",
+           "segmenter_identity", "store_available", "store_dir", "store_items"]
 
 # --------------------------------------------------------------------------------------------------------------------
 # Identities and folders
@@ -63,10 +66,11 @@ def default_cache_dir(cfg: Config, split: str, source: str | None = None, checkp
     """``<data.root>/graphs/<split>-<source>-<hash>``: where ``tools/build_graphs.py`` writes the graphs of ``split``
     and where training looks for them when ``graph.cache_dir`` is empty.
 
-    The hash covers the ``cfg.graph`` values that shape a graph and, for ``pred``, the identity of the segmenter
-    (:func:`segmenter_identity` of ``cfg.model.segmenter``; ``checkpoint`` overrides a UPSNet checkpoint), so other
-    settings or another segmenter get another folder. (The same folder the old shard cache used, so a converted
-    cache is found where it was.)
+    The hash covers the ``cfg.graph`` values that shape a graph, the size of the maps they are built from
+    (:func:`map_size`) and, for ``pred``, the identity of the segmenter (:func:`segmenter_identity` of
+    ``cfg.model.segmenter``; ``checkpoint`` overrides a UPSNet checkpoint), so other settings, another size or
+    another segmenter get another folder. (Stores of versions before the map size was keyed, and old shard caches
+    converted in their folders, are not found here: build them again, or name them in ``graph.cache_dir``.)
     """
     from twostream.graph.builder import shaping_settings
 
@@ -74,16 +78,52 @@ def default_cache_dir(cfg: Config, split: str, source: str | None = None, checkp
     if source not in ("gt", "pred"):
         raise ValueError(f"graph store: source must be gt or pred (online graphs are not stored), got '{source}'")
     key: dict[str, Any] = {"settings": shaping_settings(cfg.graph), "source": source}
+    seg_cfg = cfg.model.segmenter
+    if source == "pred" and checkpoint:
+        seg_cfg = dataclasses.replace(seg_cfg, kind="upsnet", checkpoint=str(checkpoint))
     if source == "pred":
-        seg_cfg = cfg.model.segmenter
-        if checkpoint:
-            seg_cfg = dataclasses.replace(seg_cfg, kind="upsnet", checkpoint=str(checkpoint))
-        identity = segmenter_identity(seg_cfg)
-        # checkpoint-trained kinds (UPSNet) keep the key they always had; other segmenters add their kind
+        identity = segmenter_identity(seg_cfg)  # first: a missing checkpoint is a FileNotFoundError naming it
         from twostream.models.segmenter import segmenter_class
 
         key["checkpoint" if segmenter_class(seg_cfg.kind).weights_from_checkpoint else "segmenter"] = identity
+    key["map_size"] = map_size(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, segmenter=seg_cfg)),
+                               source, resolve=False)
     return Path(cfg.data.root) / "graphs" / f"{split}-{source}-{_hash(key, 10)}"
+
+
+def _geometry(cfg: Config):
+    """The :class:`~twostream.models.segmenter_input.SegmenterInput` of ``cfg.model.segmenter`` (``input_size:
+    null`` resolved from its checkpoint); builds no segmenter."""
+    from twostream.engine.segmenters import resolved_input_size
+    from twostream.models.segmenter import segmenter_class
+    from twostream.models.segmenter_input import segmenter_input
+
+    seg = cfg.model.segmenter
+    return segmenter_input(resolved_input_size(seg), cfg.data, segmenter_class(seg.kind))
+
+
+def map_size(cfg: Config, source: str, resolve: bool = True) -> dict:
+    """How the label maps of a ``source`` store of ``cfg`` are sized (JSON-ready, part of the store's key):
+    ``pred``: the segmenter's input (:class:`~twostream.models.segmenter_input.SegmenterInput`), which decides the
+    map; ``gt``, or a segmenter that resizes images itself (fed at ``data.image_size``): ``data.image_size``. Both
+    with ``letterbox``, ``data.keep_ratio``'s fit-and-pad where it applies.
+
+    ``resolve=False`` (the default folder's name) reads no checkpoint: ``input_size: null`` of a checkpoint-trained
+    kind stays ``"trained"``, the size its checkpoint records, which the checkpoint's content hash already keys."""
+    from twostream.models.segmenter import segmenter_class
+
+    d = cfg.data
+    seg = cfg.model.segmenter
+    trained = source == "pred" and seg.input_size is None and segmenter_class(seg.kind).weights_from_checkpoint
+    if trained and not resolve:
+        return {"segmenter_input": {"size": "trained", "keep_ratio": seg.keep_ratio, "max_size": seg.max_size,
+                                    "stride": segmenter_class(seg.kind).stride},
+                "letterbox": d.keep_ratio and not seg.keep_ratio}
+    if source == "pred":
+        geometry = _geometry(cfg)
+        if geometry.size is not None:
+            return {"segmenter_input": geometry.to_dict(), "letterbox": d.keep_ratio and not geometry.keep_ratio}
+    return {"image_size": [int(v) for v in d.image_size], "letterbox": d.keep_ratio}
 
 
 def store_dir(cfg: Config, split: str, source: str | None = None) -> Path:
@@ -261,13 +301,19 @@ def _ranks() -> _Ranks:
     return _Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def open_split(cfg: Config, split: str):
+def open_split(cfg: Config, split: str, geometry=None):
     """``split`` of ``cfg.data`` (any ``data.format``) with the validation transforms and no vocabulary: the items a
-    store is built from."""
+    store is built from; at the segmenter's input size when ``geometry`` (a
+    :class:`~twostream.models.segmenter_input.SegmenterInput`) fixes one, else at ``data.image_size``."""
     from twostream.data.ade20k import open_dataset
-    from twostream.data.transforms import build_transforms
+    from twostream.data.transforms import build_transforms, segmenter_transforms
 
-    return open_dataset(cfg, split, vocabulary=None, transform=build_transforms(cfg.data, train=False))
+    if geometry is None or geometry.size is None:
+        transform = build_transforms(cfg.data, train=False)
+    else:
+        transform = segmenter_transforms(cfg.data, geometry.size, keep_ratio=geometry.keep_ratio,
+                                         long_side=geometry.long_side if geometry.keep_ratio else 0)
+    return open_dataset(cfg, split, vocabulary=None, transform=transform)
 
 
 def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str | Path | None = None,
@@ -296,17 +342,26 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
         raise ValueError("graph.cache_dir names one folder for every split; put {split} in it "
                          "(graph.cache_dir=graphs/{split}) or pass a single --split")
     ranks = _ranks()
-    predict, identity, dev = None, None, torch.device("cpu")
+    predict, identity, dev, geometry = None, None, torch.device("cpu"), None
     class_table = dataset_class_table(cfg.data)  # the annotations' labels (ADE20K-150, or the dataset's own table)
     if source == "pred":
+        from twostream.models.segmenter_input import segment
+
         dev = resolve_device(device, ranks.local_rank)
         segmenter = segmenter_for_cache(cfg, dev)
-        predict, identity, class_table = segmenter.predict, segmenter_identity(cfg.model.segmenter), \
-            segmenter.class_table
-        log.info("segmenter %s (%s, %d classes) on %s", identity, class_table.name, len(class_table), dev)
+        geometry = _geometry(cfg)
+        # class logits at the segmenter's size, computed once: labels and node confidence both come from them
+
+        def predict(images, segmenter=segmenter, geometry=geometry):
+            return segment(segmenter, images, geometry)
+
+        identity, class_table = segmenter_identity(cfg.model.segmenter), segmenter.class_table
+        log.info("segmenter %s (%s, %d classes) on %s, segmenting at %s", identity, class_table.name,
+                 len(class_table), dev, geometry)
+    sizes = map_size(cfg, source)
     stores = []
     for split in splits:
-        dataset = open_split(cfg, split)
+        dataset = open_split(cfg, split, geometry)
         # gt labels are the dataset's (ADE20K-150, or full ADE20K's 3,688 classes); pred labels the segmenter's
         builder = graph_builder(cfg.graph, getattr(dataset, "class_table", class_table) if source == "gt" else
                                 class_table)
@@ -315,7 +370,7 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
 
         def plan_fn(write: bool, folder=folder, dataset=dataset, builder=builder):
             return plan_graph_build(folder, dataset, builder, kind=source, predict=predict, segmenter=identity,
-                                    chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, write=write)
+                                    chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, write=write, map_size=sizes)
 
         results = item_results(dataset, builder, kind=source, predict=predict, device=dev,
                                batch_size=batch_size or cfg.eval.batch_size,

@@ -14,11 +14,12 @@ import torch
 
 from twostream.config import Config, DataConfig, GraphConfig, SegmenterConfig, config_from_dict
 from twostream.data.classes import ade20k150
-from twostream.engine.checkpoint import load_segmenter, load_trained, resolve_checkpoint
+from twostream.engine.checkpoint import load_segmenter, load_trained, resolve_checkpoint, trained_input_size
 from twostream.models.segmenter import SEGMENTERS, parse_segmenter_spec, segmenter_class
 from twostream.models.segmenter_base import Segmenter
+from twostream.models.segmenter_input import SegmenterInput, segmenter_input
 
-__all__ = ["ready_segmenter", "segmenter_from_spec"]
+__all__ = ["ready_segmenter", "resolved_input_size", "segmenter_from_spec", "segmenter_geometry"]
 
 
 def ready_segmenter(cfg: SegmenterConfig, device: str | torch.device = "cpu") -> Segmenter:
@@ -42,9 +43,10 @@ def ready_segmenter(cfg: SegmenterConfig, device: str | torch.device = "cpu") ->
 def segmenter_from_spec(spec: str, graph: GraphConfig | None = None) -> tuple[Segmenter, Config, bool]:
     """A ``--segmenter`` spec -> ``(segmenter, config for a predictor, native_size)``.
 
-    A checkpoint-trained kind brings its run's data settings (input size, ``keep_ratio``) and, unless ``graph`` is
-    given, its graph settings; other kinds get the default data settings, ``graph`` (or the defaults), and
-    ``native_size`` when their class resizes images itself (``resizes_input``).
+    A checkpoint-trained kind brings its run's data settings (input size, ``keep_ratio``), the size it was trained
+    at as ``model.segmenter.input_size`` and, unless ``graph`` is given, its graph settings; other kinds get the
+    default data settings, ``graph`` (or the defaults), and ``native_size`` when their class resizes images itself
+    (``resizes_input``). The config's ``model.segmenter`` is the spec's (:func:`segmenter_geometry` reads it).
     """
     seg_cfg = parse_segmenter_spec(spec)
     if seg_cfg.kind == "none":
@@ -54,10 +56,31 @@ def segmenter_from_spec(spec: str, graph: GraphConfig | None = None) -> tuple[Se
     if cls.weights_from_checkpoint:
         source = resolve_checkpoint(seg_cfg.checkpoint)
         segmenter = ready_segmenter(dataclasses.replace(seg_cfg, checkpoint=str(source)))
-        run = config_from_dict(load_trained(source, mmap=True)["config"], source=f"{source} (config)")
-        cfg = dataclasses.replace(Config(), data=run.data, graph=graph or run.graph)
+        raw = load_trained(source, mmap=True)["config"]
+        run = config_from_dict(raw, source=f"{source} (config)")
+        # it segments at the size it was trained at (its run's input_size, else its data.image_size)
+        seg_cfg = dataclasses.replace(seg_cfg, checkpoint=str(source), input_size=trained_input_size(raw))
+        cfg = dataclasses.replace(Config(), data=run.data, graph=graph or run.graph,
+                                  model=dataclasses.replace(Config().model, segmenter=seg_cfg))
         return segmenter, cfg, False
     segmenter = ready_segmenter(seg_cfg)
-    cfg = dataclasses.replace(Config(), data=DataConfig(), graph=graph or GraphConfig())
+    cfg = dataclasses.replace(Config(), data=DataConfig(), graph=graph or GraphConfig(),
+                              model=dataclasses.replace(Config().model, segmenter=seg_cfg))
     return segmenter, cfg, cls.resizes_input
+
+
+def resolved_input_size(seg: SegmenterConfig) -> SegmenterConfig:
+    """``seg`` with ``input_size: null`` resolved from its trained checkpoint, when its kind has one
+    (:func:`~twostream.engine.checkpoint.trained_input_size`); otherwise as it is."""
+    if seg.input_size is not None or seg.kind == "none" or not seg.checkpoint or \
+            not segmenter_class(seg.kind).weights_from_checkpoint:
+        return seg
+    return dataclasses.replace(seg, input_size=trained_input_size(load_trained(seg.checkpoint, mmap=True)["config"]))
+
+
+def segmenter_geometry(cfg: Config, segmenter: Segmenter) -> SegmenterInput:
+    """Where ``segmenter`` (built from ``cfg.model.segmenter``) segments: ``model.segmenter.input_size`` (``null``:
+    the size its checkpoint was trained at) with ``keep_ratio`` / ``max_size``, padded to its class's stride
+    (:func:`~twostream.models.segmenter_input.segmenter_input`)."""
+    return segmenter_input(resolved_input_size(cfg.model.segmenter), cfg.data, type(segmenter))
 

@@ -21,7 +21,7 @@ from twostream.engine.evaluators.base import to_device as _to_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClassificationTask", "SegmentationTask", "build_task"]
+__all__ = ["ClassificationTask", "SegmentationTask", "build_task", "items_config"]
 
 
 class _Task:
@@ -68,7 +68,8 @@ class ClassificationTask(_Task):
         if stored is not None:
             train_set, val_set, self.vocabulary, self.class_table = stored
             return self._loaders(train_set, val_set)
-        train_set, val_set, self.vocabulary = build_datasets(cfg)
+        train_set, val_set, self.vocabulary = build_datasets(items_config(cfg, segmenter_runs=cfg.graph.source ==
+                                                                          "online" or cfg.model.shared_backbone))
         if cfg.graph.source == "gt":  # graphs from the annotations: the dataset's label set (full ADE20K: 3,688)
             self.class_table = getattr(train_set, "class_table", self.class_table)
         if cfg.model.gnn.enabled and cfg.graph.source != "online":
@@ -199,6 +200,22 @@ class SegmentationTask(_Task):
 
 
 TASKS = {"classifier": ClassificationTask, "segmentation": SegmentationTask}
+
+
+def items_config(cfg: Config, segmenter_runs: bool) -> Config:
+    """``cfg`` with ``data.image_size`` set to the size a classifier's items are read at
+    (:func:`~twostream.models.two_stream.classifier_input_size`): the segmenter's input size when it runs inside the
+    model on them and is larger (the model shrinks a copy for the image encoder), else ``data.image_size``."""
+    import dataclasses
+
+    from twostream.models.two_stream import classifier_input_size
+
+    size = classifier_input_size(cfg, segmenter_runs)
+    if size == tuple(cfg.data.image_size):
+        return cfg
+    log.info("items are read at %dx%d, the segmenter's input size; the image encoder sees them at %dx%d",
+             *size, *cfg.data.image_size)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=size))
 
 
 def build_task(cfg: Config, dist_info: DistInfo) -> _Task:

@@ -42,16 +42,15 @@ class ImageStreamModule(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         enc = self.model.image_encoder
-        h, w = images.shape[-2:]
-        if self.model.shared_backbone:
-            self.grid = (h // 32, w // 32)  # C5, stride 32 (UPSNet needs sizes divisible by 32)
-        elif enc.layout == "NLC":
+        if not self.model.shared_backbone and enc.layout == "NLC":
+            h, w = self.model.encoder_input(images).shape[-2:]  # the image encoder's own input size
             ph, pw = enc.model.patch_embed.patch_size
             self.grid = (h // ph, w // pw)
         if self.model.shared_backbone:
-            # the frozen backbone runs without gradients; its C5 map becomes the leaf the CAM's gradients flow to
-            with self.model._segmenter_context():
-                c5 = self.model.segmenter.forward_features(images)[-1]  # (B, C, h, w)
+            # the frozen backbone runs without gradients (on the segmenter's input); its C5 map becomes the leaf the
+            # CAM's gradients flow to
+            c5 = self.model.backbone_features(images)[-1]  # (B, C, h, w)
+            self.grid = tuple(c5.shape[-2:])
             tokens = enc.forward_features(c5.detach().requires_grad_())  # (B, h*w, C)
             pooled = enc.forward_head(tokens)
         else:

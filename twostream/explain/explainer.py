@@ -227,7 +227,7 @@ class SceneExplainer:
                 if model.segmenter is None or model.builder is None:
                     raise ValueError("explain: this model reads graphs it cannot build (no segmenter); pass graphs")
                 with torch.no_grad():
-                    feats = model.segmenter.forward_features(images.to(device)) if model.shared_backbone else None
+                    feats = model.backbone_features(images.to(device)) if model.shared_backbone else None
                     graphs = model._build_graphs(images.to(device), feats)[1]["graphs"]
                 table = table or graphs[0].class_table
             batch = as_batch(graphs, device)

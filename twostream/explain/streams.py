@@ -82,10 +82,8 @@ def as_batch(graphs, device: torch.device | str):
 def encode_image(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     """``(B, 3, H, W)`` -> the image stream's ``(pooled (B, Ci), tokens (B, T, Ci))``; the shared backbone's C5
     when the model has one (``model.shared_backbone``)."""
-    source = images
-    if model.shared_backbone:
-        with model._segmenter_context():
-            source = model.segmenter.forward_features(images)[-1]  # C5 (B, C, h, w)
+    # the shared backbone's C5 (B, C, h, w) of the segmenter's input, else the images at the image encoder's size
+    source = model.backbone_features(images)[-1] if model.shared_backbone else model.encoder_input(images)
     tokens = model.image_encoder.forward_features(source)  # (B, T, Ci)
     return model.image_encoder.forward_head(tokens), tokens
 
@@ -101,7 +99,7 @@ def encode_streams(model: nn.Module, images: Tensor, batch=None) -> StreamEmbedd
     emb = StreamEmbeddings()
     if model.graph_encoder is not None:
         if batch is None:
-            feats = model.segmenter.forward_features(images) if model.shared_backbone else None
+            feats = model.backbone_features(images) if model.shared_backbone else None
             batch, _ = model._build_graphs(images, feats)
         if int(batch.num_graphs) != images.shape[0]:
             raise ValueError(f"explain: {batch.num_graphs} graphs for {images.shape[0]} images")

@@ -2,7 +2,8 @@
 
 A store is a folder of ``.npy`` files, one per field, plus a manifest::
 
-    <store>/store.json            format, key, source, segmenter identity, builder settings, class table, fields,
+    <store>/store.json            format, key, source, segmenter identity, builder settings, map size (how the
+                                  label maps were sized: the segmenter's input for pred), class table, fields,
                                   counts, scene-name table; written last, so its presence means the store is whole
     <store>/node_ptr.npy          (G + 1,) int64: graph g's nodes are rows node_ptr[g]:node_ptr[g + 1] of node fields
     <store>/edge_ptr.npy          (G + 1,) int64: the same for edge fields
@@ -190,6 +191,12 @@ class GraphStore:
     def segmenter(self) -> str | None:
         """The opaque identity of the segmenter a ``pred`` store's graphs came from."""
         return self.manifest.get("segmenter")
+
+    @property
+    def map_size(self) -> dict | None:
+        """How the label maps the graphs were built from were sized (``pred``: the segmenter's input size,
+        :meth:`~twostream.models.segmenter_input.SegmenterInput.to_dict`), as the build recorded it."""
+        return self.manifest.get("map_size")
 
     @property
     def fields(self) -> dict[str, dict]:

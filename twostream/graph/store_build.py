@@ -9,8 +9,9 @@ writes ``store.json`` last and removes the chunks. The store's files depend only
 how the chunks were spread over processes.
 
 The build key (``build.json``, then ``store.json``) is a hash of everything that decides the graphs: the builder
-settings, the class table, the source, the segmenter identity (an opaque string the caller computes), the item
-names and the chunk size. A folder whose key differs is stale and is rebuilt, never reused.
+settings, the class table, the source, the segmenter identity (an opaque string the caller computes), how the label
+maps were sized (``map_size``, a JSON-ready dict the caller computes: the segmenter's input size for ``pred``), the
+item names and the chunk size. A folder whose key differs is stale and is rebuilt, never reused.
 
 Sources. Items come from a ``Sequence`` (``len`` and indexing) of data-contract dicts (``{"name", "sem_seg",
 "image", ...}``, e.g. ``ADE20KDataset``) or ``(name, array)`` pairs: a label map for ``gt``, an image ``(3, H, W)`` in
@@ -66,11 +67,11 @@ def _hash(obj: Any, length: int = 16) -> str:
 
 
 def store_key(*, source: str, settings: dict | None, class_table: ClassTable, segmenter: str | None,
-              names: Sequence[str] | None, num_items: int) -> str:
+              names: Sequence[str] | None, num_items: int, map_size: dict | None = None) -> str:
     """Hash of everything that decides a store's content; a folder with another key is stale. (The chunk size
     does not change the content; an unfinished build remembers its own in ``build.json``.)"""
     return _hash({"format": STORE_FORMAT, "settings": settings, "class_table": class_table.to_dict(),
-                  "source": source, "segmenter": segmenter, "num_items": num_items,
+                  "source": source, "segmenter": segmenter, "num_items": num_items, "map_size": map_size,
                   "names": _hash(list(names)) if names is not None else None})
 
 
@@ -81,7 +82,7 @@ def _same_graphs(existing: dict, manifest: dict) -> bool:
         return False
     if existing.get("key") == manifest["key"]:
         return True
-    same = ("settings", "class_table", "source", "segmenter")
+    same = ("settings", "class_table", "source", "segmenter", "map_size")
     return bool(existing.get("build", {}).get("converted_from")) and all(
         existing.get(k) == manifest[k] for k in same) and existing["build"].get("num_items") == \
         manifest["build"]["num_items"]
@@ -189,7 +190,8 @@ def _remove_store_files(store_dir: Path, manifest: dict) -> None:
 
 def plan_build(store_dir: str | Path, *, source: str, settings: dict | None, class_table: ClassTable,
                segmenter: str | None, names: Sequence[str] | None, num_items: int,
-               chunk_size: int = DEFAULT_CHUNK_SIZE, write: bool = True) -> tuple[BuildPlan, bool]:
+               chunk_size: int = DEFAULT_CHUNK_SIZE, write: bool = True,
+               map_size: dict | None = None) -> tuple[BuildPlan, bool]:
     """The build of ``store_dir`` for these items and settings; ``(plan, done)``.
 
     With ``write`` (one process, or rank 0 of many) the folder is made ready: a stale store or stale chunks (another
@@ -202,9 +204,10 @@ def plan_build(store_dir: str | Path, *, source: str, settings: dict | None, cla
         raise ValueError(f"graph store: chunk_size must be >= 1, got {chunk_size}")
     store_dir = Path(store_dir)
     key = store_key(source=source, settings=settings, class_table=class_table, segmenter=segmenter, names=names,
-                    num_items=num_items)
+                    num_items=num_items, map_size=map_size)
     manifest = {"format": STORE_FORMAT, "key": key, "source": source, "segmenter": segmenter, "settings": settings,
-                "class_table": class_table.to_dict(), "build": {"num_items": num_items, "chunk_size": chunk_size}}
+                "map_size": map_size, "class_table": class_table.to_dict(),
+                "build": {"num_items": num_items, "chunk_size": chunk_size}}
     plan = BuildPlan(store_dir, key, num_items, chunk_size, manifest)
     existing = _read_json(store_dir / MANIFEST)
     done = existing is not None and _same_graphs(existing, manifest)
@@ -420,6 +423,7 @@ def build_graph_store(
     num_workers: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
+    map_size: dict | None = None,
 ) -> GraphStore:
     """Build (or finish, or rebuild when stale) the graph store of ``source`` in ``store_dir``, in this process.
 
@@ -430,16 +434,19 @@ def build_graph_store(
         source: a ``Sequence`` of items: data-contract dicts or ``(name, array)`` pairs (module docstring).
         builder: turns label maps into graphs; its ``settings()`` and class table are part of the key.
         kind: ``"gt"`` (labels from the items) or ``"pred"`` (labels from ``predict`` on the items' images).
-        predict: ``pred`` only: ``images (B, 3, H, W)`` float in [0, 1] on ``device`` -> ``(B, H, W)`` int labels,
-            e.g. ``segmenter.predict``.
+        predict: ``pred`` only: ``images (B, 3, H, W)`` float in [0, 1] on ``device`` -> ``(B, K, H, W)`` class
+            logits (labels and node confidence from one pass), e.g. ``segmenter.segment``, or ``(B, H, W)`` int
+            labels, e.g. ``segmenter.predict``.
         segmenter: ``pred`` only: the segmenter's identity, an opaque string that is part of the key.
         device: where ``predict`` runs. batch_size: images per ``predict`` call.
         num_workers: DataLoader worker processes (``gt``: they also build the graphs; 0 = in this process).
         chunk_size: items per chunk (the unit a resumed build keeps).
         progress: show a tqdm progress bar.
+        map_size: how the items' maps are sized (e.g. the segmenter's input size), JSON-ready; part of the key.
     """
     store = run_build(lambda write: plan_graph_build(store_dir, source, builder, kind=kind, predict=predict,
-                                                     segmenter=segmenter, chunk_size=chunk_size, write=write),
+                                                     segmenter=segmenter, chunk_size=chunk_size, write=write,
+                                                     map_size=map_size),
                       item_results(source, builder, kind=kind, predict=predict, device=device, batch_size=batch_size,
                                    num_workers=num_workers),
                       scene_of=scene_lookup(source), progress=progress, desc=f"graphs ({kind})")
@@ -449,7 +456,7 @@ def build_graph_store(
 
 def plan_graph_build(store_dir: str | Path, source: Sequence, builder: SceneGraphBuilder, *, kind: str,
                      predict: Predict | None, segmenter: str | None, chunk_size: int,
-                     write: bool = True) -> tuple[BuildPlan, bool]:
+                     write: bool = True, map_size: dict | None = None) -> tuple[BuildPlan, bool]:
     """:func:`plan_build` for items of ``source`` built by ``builder`` (checks ``kind`` and ``predict``)."""
     if kind not in ("gt", "pred"):
         raise ValueError(f"build_graph_store: kind must be gt or pred, got '{kind}'")
@@ -457,7 +464,7 @@ def plan_graph_build(store_dir: str | Path, source: Sequence, builder: SceneGrap
         raise ValueError("build_graph_store: kind='pred' needs predict (images -> label maps), e.g. segmenter.predict")
     return plan_build(store_dir, source=kind, settings=builder.settings(), class_table=builder.class_table,
                       segmenter=segmenter if kind == "pred" else None, names=item_names(source),
-                      num_items=len(source), chunk_size=chunk_size, write=write)
+                      num_items=len(source), chunk_size=chunk_size, write=write, map_size=map_size)
 
 
 def _wait(what: str, ready: Callable[[], bool], poll_s: float) -> None:

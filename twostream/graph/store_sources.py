@@ -4,7 +4,10 @@ item that failed to load).
 
 - ``gt``: each item's label map (``sem_seg``) through the builder, inside DataLoader workers;
 - ``pred``: each item's image through ``predict`` (a segmenter) in batches on ``device``, then ``build_batch``.
-  Pixels labelled 255 in an item's ``sem_seg`` (padding the transforms added) are void in predicted graphs too.
+  ``predict`` returns class logits ``(B, K, H, W)`` (computed once: the labels are their argmax and each node also
+  carries the segmenter's mean confidence, :func:`~twostream.graph.builder.pixel_confidence`) or label maps
+  ``(B, H, W)`` (no confidence). Pixels labelled 255 in an item's ``sem_seg`` (padding the transforms added) are
+  void in predicted graphs too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from twostream.data.classes import IGNORE_INDEX
-from twostream.graph.builder import SceneGraphBuilder
+from twostream.graph.builder import SceneGraphBuilder, pixel_confidence
 
 __all__ = ["Predict", "Result", "item_names", "item_results", "scene_lookup"]
 
@@ -116,16 +119,21 @@ def _predict_graphs(batch: list, builder: SceneGraphBuilder, predict: Predict,
     for group in _same_size_groups([(i, *it) for i, it in present]):
         images = torch.stack([img for _, _, img, _ in group]).to(device)
         with torch.inference_mode():
-            labels = predict(images)
+            predicted = predict(images)
+        confidence = None
+        if predicted.is_floating_point() and predicted.ndim == 4:  # class logits: labels and confidence from one pass
+            labels, confidence = predicted.argmax(dim=1), pixel_confidence(predicted)
+        else:
+            labels = predicted
         if tuple(labels.shape) != (len(group), *images.shape[-2:]):
-            raise ValueError(f"graph store (pred): predict returned shape {tuple(labels.shape)} for images "
-                             f"{tuple(images.shape)}; expected (B, H, W) label maps")
+            raise ValueError(f"graph store (pred): predict returned shape {tuple(predicted.shape)} for images "
+                             f"{tuple(images.shape)}; expected (B, K, H, W) logits or (B, H, W) label maps")
         labels = labels.long()
         if builder.ignore_index is not None and any(pad is not None for _, _, _, pad in group):
             pads = torch.stack([pad if pad is not None else torch.zeros(images.shape[-2:], dtype=torch.bool)
                                 for _, _, _, pad in group]).to(labels.device)
             labels = labels.masked_fill(pads, builder.ignore_index)
-        graphs = builder.build_batch(labels)
+        graphs = builder.build_batch(labels, confidence=confidence)
         for (i, name, _, _), graph in zip(group, graphs):
             out[i] = (name, graph.to_tensors())
     return [out.get(i) for i in range(len(batch))]

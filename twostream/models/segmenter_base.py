@@ -15,7 +15,10 @@ instead of probing the object:
                             read its backbone's last map (``model.shared_backbone``)
 ``weights_from_checkpoint`` its trained weights are a twostream checkpoint (``model.segmenter.checkpoint``, the
                             segmentation stage's output) rather than published weights its builder loads itself
-``resizes_input``           it resizes images itself (its own processor): predictors feed images at their own size
+``resizes_input``           it resizes images itself (its own processor): predictors feed images at their own size,
+                            and ``model.segmenter.input_size: null`` gives it images as they are
+``stride``                  its input's sides must be multiples of this (UPSNet: 32); inputs at its own size
+                            (:mod:`~twostream.models.segmenter_input`) are padded up to it and the padding cropped off
 ``from_config``             the builder: ``SegmenterConfig`` + project class table -> segmenter
 ``config_from_spec``        the ``--segmenter`` spec (the part after ``KIND:``) -> ``SegmenterConfig``
 ``cache_identity``          what graphs of its predictions depend on, from the config alone (no model is built)
@@ -93,6 +96,7 @@ class Segmenter(nn.Module):
     shares_backbone: ClassVar[bool] = False
     weights_from_checkpoint: ClassVar[bool] = False
     resizes_input: ClassVar[bool] = False
+    stride: ClassVar[int] = 1
 
     class_table: ClassTable
 
@@ -103,9 +107,14 @@ class Segmenter(nn.Module):
         """Channels of the ``"features"`` output, or ``None`` when it returns none."""
         return None
 
+    def segment(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> ``(B, K, H, W)`` class logits, the semantic path only (what graphs are built
+        from: the label map is their argmax, each node's confidence their max softmax)."""
+        return self(images)["sem_logits"]
+
     def predict(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, H, W)`` int64 label map in ``self.class_table``."""
-        return self(images)["sem_logits"].argmax(dim=1)
+        return self.segment(images).argmax(dim=1)
 
     # ---- shared backbone (when ``shares_backbone``) ----------------------------------------------------------------
 

@@ -27,15 +27,23 @@ from twostream.data.classes import ClassTable
 from twostream.models.fusion import build_fusion
 from twostream.models.gnn import GraphEncoder, build_graph_encoder
 from twostream.models.image_encoder import FeatureMapEncoder, ImageEncoder, build_image_encoder
-from twostream.models.segmenter import build_segmenter, require_capability
+from twostream.models.segmenter import build_segmenter, require_capability, segmenter_class
 from twostream.models.segmenter_base import Segmenter, lacks_capability
+from twostream.models.segmenter_input import (
+    SegmenterInput,
+    crop_outputs,
+    model_input_size,
+    resize_images,
+    segmenter_canvas,
+    segmenter_input,
+)
 
 if TYPE_CHECKING:
     from twostream.graph.builder import SceneGraphBuilder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TwoStreamClassifier", "build_model", "format_parameter_table"]
+__all__ = ["TwoStreamClassifier", "build_model", "classifier_input_size", "format_parameter_table"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -87,14 +95,22 @@ class TwoStreamClassifier(nn.Module):
             (``graph.source: online``).
         pool_features: give each node the segmenter ``"features"`` pooled under its mask.
         head_dropout: dropout before the final linear layer.
+        image_size: ``(H, W)`` the image encoder takes (``data.image_size``); images of another size are resized
+            (bilinear, antialiased) for it. ``None``: as given.
+        segmenter_input: where the segmenter segments (:class:`~twostream.models.segmenter_input.SegmenterInput`,
+            ``model.segmenter.input_size``): images are resized (and padded to its stride) for it, and graphs are
+            built from its map at that size. ``None``: as given. With ``shared_backbone`` the one backbone pass runs
+            at the segmenter's size, and the image stream reads that pass's C5 map (``image_size`` is not used).
 
     ``forward(images, graphs=None) -> dict``:
-        images: ``(B, 3, H, W)`` float RGB in ``[0, 1]``.
+        images: ``(B, 3, H, W)`` float RGB in ``[0, 1]``, of any size (the engine reads them at
+            :func:`classifier_input_size`: the larger of the two streams' sizes when the segmenter runs here).
         graphs: a torch_geometric ``Batch`` of ``B`` graphs (``SceneGraph.to_pyg()``; a list of ``SceneGraph`` is
             also accepted), or ``None`` to build them from the segmenter's prediction.
     Returns:
-        ``"logits"`` ``(B, num_scenes)``; when graphs were built inside, also ``"graphs"`` (``list[SceneGraph]``) and
-        ``"sem_logits"`` ``(B, K, H, W)``.
+        ``"logits"`` ``(B, num_scenes)``; when graphs were built inside, also ``"graphs"`` (``list[SceneGraph]``, at
+        the segmenter's size) and ``"sem_logits"`` ``(B, K, h, w)`` at the segmenter's size
+        (``segmenter_input.resized(H, W)``).
     """
 
     def __init__(self, *, num_scenes: int, segmenter: Segmenter | None = None,
@@ -102,7 +118,8 @@ class TwoStreamClassifier(nn.Module):
                  graph_encoder: GraphEncoder | None = None,
                  image_encoder: ImageEncoder | FeatureMapEncoder | None = None, fusion: nn.Module | None = None,
                  segmenter_trainable: bool = False, shared_backbone: bool = False, online_graphs: bool = False,
-                 pool_features: bool = False, head_dropout: float = 0.1) -> None:
+                 pool_features: bool = False, head_dropout: float = 0.1, image_size: tuple[int, int] | None = None,
+                 segmenter_input: SegmenterInput | None = None) -> None:
         super().__init__()
         if image_encoder is None and graph_encoder is None:
             raise ValueError("TwoStreamClassifier: image_encoder and graph_encoder are both None; give one or both")
@@ -126,6 +143,10 @@ class TwoStreamClassifier(nn.Module):
         self.fusion = fusion
         self.segmenter_trainable = segmenter_trainable
         self.shared_backbone, self.online_graphs, self.pool_features = shared_backbone, online_graphs, pool_features
+        self.image_size = tuple(int(v) for v in image_size) if image_size is not None else None
+        if segmenter_input is None and segmenter is not None:
+            segmenter_input = SegmenterInput(stride=segmenter.stride)  # as given, padded to its stride
+        self.segmenter_input = segmenter_input
         if segmenter is not None and not segmenter_trainable:
             segmenter.requires_grad_(False)
             segmenter.eval()
@@ -173,19 +194,35 @@ class TwoStreamClassifier(nn.Module):
     def _segmenter_context(self):
         return contextlib.nullcontext() if self.segmenter_trainable else torch.no_grad()
 
+    # ---- each stream's input ---------------------------------------------------------------------------------------
+
+    def encoder_input(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> the image encoder's input: resized to ``image_size`` when it differs."""
+        return images if self.image_size is None else resize_images(images, self.image_size)
+
+    def backbone_features(self, images: Tensor) -> list[Tensor]:
+        """The shared backbone's pass over the segmenter's canvas of ``images``: its maps, C5 last."""
+        x, _ = segmenter_canvas(images, self.segmenter_input)
+        with self._segmenter_context():
+            return self.segmenter.forward_features(x)  # [C2..C5]
+
     def _build_graphs(self, images: Tensor, backbone_feats: list[Tensor] | None) -> tuple[object, dict]:
-        """Segment ``images``, build one graph per image; -> (``Batch`` on the images' device, extras)."""
+        """Segment ``images`` at the segmenter's size, build one graph per image there; -> (``Batch`` on the
+        images' device, extras). ``backbone_feats``: :meth:`backbone_features` of ``images`` (shared backbone)."""
         from torch_geometric.data import Batch
 
         if self.segmenter is None or self.builder is None:
             raise ValueError("TwoStreamClassifier has no segmenter (model.segmenter.kind=none?), so graphs cannot be "
                              "built from images; pass graphs to forward (graph.source=gt or pred)")
+        h, w = images.shape[-2:]
+        content, canvas = self.segmenter_input.resized(h, w), self.segmenter_input.canvas(h, w)
         with self._segmenter_context():
             if backbone_feats is not None:
-                seg = self.segmenter.forward_from_features(backbone_feats, images.shape[-2:])
+                seg = self.segmenter.forward_from_features(backbone_feats, canvas)
             else:
-                seg = self.segmenter(images)
-        sem_maps = seg["sem_logits"].argmax(dim=1)  # (B, H, W)
+                seg = self.segmenter(segmenter_canvas(images, self.segmenter_input)[0])
+        seg = crop_outputs(seg, content)  # the stride padding off: maps at the segmenter's size
+        sem_maps = seg["sem_logits"].argmax(dim=1)  # (B, h, w)
         features = seg.get("features") if self.pool_features else None  # (B, C, H/4, W/4)
         if self.pool_features and features is None:
             raise ValueError(f"{type(self.segmenter).__name__} returns no 'features' to pool under the nodes; "
@@ -209,8 +246,7 @@ class TwoStreamClassifier(nn.Module):
         extras: dict = {}
         backbone_feats = None
         if self.shared_backbone:
-            with self._segmenter_context():
-                backbone_feats = self.segmenter.forward_features(images)  # [C2..C5], the only backbone pass
+            backbone_feats = self.backbone_features(images)  # [C2..C5] at the segmenter's size: the only pass
 
         graph_pooled = node_emb = node_batch = None
         if self.graph_encoder is not None:
@@ -231,7 +267,7 @@ class TwoStreamClassifier(nn.Module):
 
         image_pooled = tokens = None
         if self.image_encoder is not None:
-            source = backbone_feats[-1] if self.shared_backbone else images  # C5 (B, C, h, w) or images
+            source = backbone_feats[-1] if self.shared_backbone else self.encoder_input(images)  # C5 or images
             tokens = self.image_encoder.forward_features(source)  # (B, T, Ci)
             image_pooled = self.image_encoder.forward_head(tokens)  # (B, Ci)
 
@@ -254,9 +290,14 @@ class TwoStreamClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         streams = [s for s, m in (("image", self.image_encoder), ("graph", self.graph_encoder)) if m is not None]
+        sizes = ""
+        if self.image_encoder is not None and self.image_size is not None and not self.shared_backbone:
+            sizes += f", image_size={self.image_size[0]}x{self.image_size[1]}"
+        if self.segmenter is not None:
+            sizes += f", segmenter_input={self.segmenter_input}"
         return (f"num_scenes={self.num_scenes}, streams={'+'.join(streams)}, "
                 f"segmenter_trainable={self.segmenter_trainable}, shared_backbone={self.shared_backbone}, "
-                f"online_graphs={self.online_graphs}, pool_features={self.pool_features}")
+                f"online_graphs={self.online_graphs}, pool_features={self.pool_features}{sizes}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -318,6 +359,19 @@ def build_model(cfg: Config, num_scenes: int, class_table: ClassTable,
         image_encoder=image_encoder, fusion=fusion, segmenter_trainable=m.segmenter.trainable,
         shared_backbone=m.shared_backbone, online_graphs=cfg.graph.source == "online",
         pool_features=cfg.graph.pool_features, head_dropout=m.fusion.dropout,
+        image_size=tuple(cfg.data.image_size),
+        segmenter_input=segmenter_input(m.segmenter, cfg.data, type(segmenter)) if segmenter is not None else None,
     )
     log.info("two-stream model (%s):\n%s", model.extra_repr(), format_parameter_table(model.parameter_counts()))
     return model
+
+
+def classifier_input_size(cfg: Config, segmenter_runs: bool) -> tuple[int, int]:
+    """The ``(H, W)`` the classifier ``cfg`` describes reads its images at: ``data.image_size``, or, when its segmenter
+    runs on them (``segmenter_runs``: online graphs, a shared backbone, graphs built at evaluation or inference) at a
+    larger input size, that size (:func:`~twostream.models.segmenter_input.model_input_size`), so the segmenter sees
+    pixels read at its own resolution; the model shrinks a copy for the image encoder."""
+    seg = cfg.model.segmenter
+    if not segmenter_runs or seg.kind == "none" or not segmenter_needed(cfg):
+        return tuple(int(s) for s in cfg.data.image_size)
+    return model_input_size(cfg.data.image_size, segmenter_input(seg, cfg.data, segmenter_class(seg.kind)))

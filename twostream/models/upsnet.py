@@ -106,6 +106,7 @@ class UPSNet(Segmenter):
     kind = "upsnet"
     spec_form = "upsnet:CHECKPOINT"
     shares_backbone = True
+    stride = 32  # its pyramid's coarsest level (C5 / P5)
     weights_from_checkpoint = True
 
     def __init__(self, *, backbone: Backbone, class_table: ClassTable, fpn_channels: int = 256,
@@ -200,11 +201,15 @@ class UPSNet(Segmenter):
     def forward(self, images: Tensor, targets: dict | None = None) -> dict:
         return self.forward_from_features(self.forward_features(images), images.shape[-2:], targets)
 
+    def segment(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> ``(B, K, H, W)`` class logits; the semantic path only (no detection)."""
+        pyramid = self._pyramid(self.forward_features(images))
+        return self._semantic(pyramid, images.shape[-2:])[0]
+
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, H, W)`` int64 labels; the semantic path only (no detection)."""
-        pyramid = self._pyramid(self.forward_features(images))
-        return self._semantic(pyramid, images.shape[-2:])[0].argmax(dim=1)
+        return self.segment(images).argmax(dim=1)
 
     # ---- construction and identity (the Segmenter contract) --------------------------------------------------------
 

@@ -3,12 +3,17 @@
 Node and edge precision / recall / F1 (micro and macro) of :class:`~twostream.graph.metrics.GraphMetrics`; the
 matching rules are in :mod:`twostream.graph.metrics`. The predicted label map is the argmax of
 ``outputs["sem_logits"]``; padding (255) in the annotation belongs to no node.
+
+At which size. With ``"sem_seg_original"`` in the batch (``tools/eval.py``), the predicted graph is built from the
+map at the segmenter's own size (what the classifier's graphs are built from; the content only, without the
+padding ``data.keep_ratio`` adds) and matched against the graph of the annotation at the image's original size: the
+same reference whatever size the segmenter ran at. Without it, both maps at the batch's size.
 """
 
 from __future__ import annotations
 
 from twostream.engine.evaluators.base import Evaluator, sum_over_ranks
-from twostream.engine.evaluators.semseg import predicted_labels
+from twostream.engine.evaluators.semseg import content_logits, predicted_labels
 from twostream.graph.metrics import GraphMetrics, compare_label_maps
 
 __all__ = ["SceneGraphEvaluator"]
@@ -34,6 +39,16 @@ class SceneGraphEvaluator(Evaluator):
 
     def process(self, inputs: dict, outputs: dict) -> None:
         targets = inputs["sem_seg"]
+        originals = inputs.get("sem_seg_original")
+        if originals is not None:
+            logits = outputs.get("sem_logits")
+            if logits is None:
+                return
+            for i, original in enumerate(originals):
+                pred_map = content_logits(logits[i], targets[i]).argmax(dim=0)  # at the segmenter's size
+                self.graph_metrics.update(compare_label_maps(pred_map.cpu(), original.cpu(), self.builder,
+                                                             self.iou_threshold))
+            return
         pred = predicted_labels(outputs, tuple(targets.shape[-2:]))
         if pred is None:
             return

@@ -18,6 +18,12 @@ versions of this module used, so numbers match earlier runs digit for digit.
 Predictions refer to ``segmenter.class_table``; annotations to ``class_table`` (ADE20K-150). They must be the same
 label set: a segmenter with its own table (COCO, Cityscapes) has no defined mIoU against ADE20K annotations, and
 asking for one raises ``ValueError``.
+
+At which size. A batch that carries ``"sem_seg_original"`` (a list of each image's annotation at its own size, what
+``tools/eval.py`` reads) is scored there, as mmsegmentation and the ADE20K benchmark score: each image's logits,
+cropped to its content (the padding ``data.keep_ratio`` added, 255 in ``"sem_seg"``), are upsampled bilinearly to its
+annotation's size. So a segmenter is scored against the same annotation whatever size it segmented at. Without it,
+against ``"sem_seg"`` (the annotation at the batch's size: the training stage's validation).
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from torch import Tensor, nn
 from twostream.data.classes import IGNORE_INDEX, ClassTable
 from twostream.engine.evaluators.base import Evaluator, inference_on_dataset, run_segmenter, sum_over_ranks
 
-__all__ = ["SemSegEvaluator", "check_same_table", "evaluate_segmenter", "metric_names", "predicted_labels"]
+__all__ = ["SemSegEvaluator", "check_same_table", "content_logits", "evaluate_segmenter", "metric_names",
+           "predicted_labels"]
 
 
 def metric_names(class_table: ClassTable) -> list[str]:
@@ -63,6 +70,30 @@ def predicted_labels(outputs: dict, size: tuple[int, int]) -> Tensor | None:
             logits = F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
         outputs["sem_labels"] = logits.argmax(dim=1)
     return outputs["sem_labels"]
+
+
+def content_logits(logits: Tensor, sem_seg: Tensor | None) -> Tensor:
+    """One image's ``(K, h, w)`` logits cropped to its content: the rows and columns of ``sem_seg`` ``(H, W)`` (the
+    annotation at the model's input size) that are not all padding (255), scaled to the logits' size."""
+    if sem_seg is None:
+        return logits
+    content = sem_seg != IGNORE_INDEX
+    rows, cols = content.any(dim=1).nonzero(), content.any(dim=0).nonzero()
+    if len(rows) == 0 or (len(rows) == sem_seg.shape[0] and len(cols) == sem_seg.shape[1]):
+        return logits
+    (hh, ww), (h, w) = sem_seg.shape, logits.shape[-2:]
+    top, bottom = int(rows[0]) * h // hh, -(-(int(rows[-1]) + 1) * h // hh)
+    left, right = int(cols[0]) * w // ww, -(-(int(cols[-1]) + 1) * w // ww)
+    return logits[..., top:bottom, left:right]
+
+
+def at_original_size(logits: Tensor, sem_seg: Tensor | None, size: tuple[int, int]) -> Tensor:
+    """``(K, h, w)`` logits of one image -> ``(H, W)`` labels at its annotation's ``size``: cropped to the content
+    (:func:`content_logits`), upsampled bilinearly, argmax."""
+    crop = content_logits(logits, sem_seg).float()[None]
+    if tuple(crop.shape[-2:]) != tuple(size):
+        crop = F.interpolate(crop, size=tuple(size), mode="bilinear", align_corners=False)
+    return crop[0].argmax(dim=0)
 
 
 def _ratio(num: Tensor, den: Tensor, zero_division: float) -> Tensor:
@@ -112,6 +143,15 @@ class SemSegEvaluator(Evaluator):
 
     def process(self, inputs: dict, outputs: dict) -> None:
         target = inputs["sem_seg"]
+        originals = inputs.get("sem_seg_original")
+        if originals is not None:  # each image at its own annotation's size (module docstring)
+            logits = outputs.get("sem_logits")
+            if logits is None:
+                return
+            for i, original in enumerate(originals):
+                pred = at_original_size(logits[i], target[i], tuple(original.shape))
+                self.update(pred[None], original[None])
+            return
         pred = predicted_labels(outputs, tuple(target.shape[-2:]))
         if pred is not None:
             self.update(pred, target)
