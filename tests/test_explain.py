@@ -383,6 +383,12 @@ def test_randomisation_test_separates_trained_from_random_weights():
     assert m["random_weights_hit_rate"] <= m["chance"] + 0.15 and m["hit_rate"] - m["random_weights_hit_rate"] > 0.6
     # inserting the absent contact only adds candidates that count as hits: never below the occlusion hit rate
     assert m["hit_rate_counterfactual"] >= m["hit_rate_occlusion"] and m["chance_counterfactual"] > m["chance"]
+    copies = m["random_weights_per_copy"]["score"]  # five randomised copies by default, their mean reported
+    assert len(copies) == 5 and m["random_weights_hit_rate"] == pytest.approx(float(np.mean(copies)))
+    heads = [r.model.head.weight for r in evaluator._random_explainers]  # five different random models
+    assert all(not torch.equal(heads[0], h) for h in heads[1:])
+    with pytest.raises(ValueError, match="random_models must be at least 1"):
+        ExplanationEvaluator(model, scenes, class_table=TABLE, random_models=0)
 
 
 def test_shared_backbone_with_online_graphs_is_explained(inputs):

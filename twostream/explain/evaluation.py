@@ -12,7 +12,8 @@ returns ``metrics["explanation"]``:
   ``relation_contacts``: one, chair–table or sofa–table, in the ``boxes`` and ``irregular`` layouts; two in the
   degree-matched ones, which add sofa–shelf or chair–shelf). Also the same for the **same architecture with random
   weights** (the randomisation test of Adebayo et al. 2018, "Sanity Checks for Saliency Maps": every parameter
-  re-drawn, the same images and graphs, the true scene explained), which must be far lower; ``chance``, the mean
+  re-drawn, the same images and graphs, the true scene explained; the mean over ``random_models`` copies, and each
+  copy's in ``random_weights_per_copy``), which must be far lower; ``chance``, the mean
   of ``(deciding contacts) / (undirected edges)`` over those images; and ``top_edges``, which contact ranks first
   how often, per scene;
 - ``relation_only`` also gives a **counterfactual hit rate**. A model can decide a dining room by the *absence* of
@@ -55,6 +56,10 @@ __all__ = ["DELETION_KS", "ExplanationEvaluator", "build_explanation_evaluator",
 
 DELETION_KS = (1, 2, 3)
 RANDOM_DRAWS = 8
+# Randomised copies of the model in the randomisation test. On a relation set whose graphs are all alike (class-only
+# nodes: every graph of a scene is the same graph), one random model ranks the same edge first in every image of a
+# scene, so one copy gives 0%, 50% or 100%; the mean over several copies estimates the random-weights hit rate.
+RANDOM_MODELS = 5
 DECIDING_PARTNER = "table"  # the relation-only scenes differ in which object touches the table
 
 
@@ -142,8 +147,10 @@ class ExplanationEvaluator:
         relation_scenes: ``{scene: object touching the table}`` for those images.
         relation_contacts: ``{scene: [(class, class), ...]}`` the deciding contacts of each scene's images
             (:func:`relation_contacts`; default: each toucher with the table, from ``relation_scenes``).
-        random_model: the randomised copy for the randomisation test (default: :func:`randomized_copy`, built when a
-            relation-only image is first met); ``False`` skips the test.
+        random_model: the randomised copy for the randomisation test (default: ``random_models`` copies by
+            :func:`randomized_copy`, seeds ``seed, seed + 1, ...``, built when a relation-only image is first met);
+            ``False`` skips the test.
+        random_models: how many randomised copies (their mean hit rate is reported, and each copy's).
         out_path: where ``explanations.jsonl`` goes (``None``: not written).
         ks, draws, seed: deletion sizes, random draws per size, seed of the draws and the randomised weights.
     """
@@ -152,7 +159,7 @@ class ExplanationEvaluator:
                  method: str = "integrated_gradients", steps: int = 32, relation_only: Iterable[str] = (),
                  relation_scenes: dict[str, str] | None = None,
                  relation_contacts: dict[str, Sequence[Sequence[str]]] | None = None,
-                 random_model: nn.Module | bool | None = None,
+                 random_model: nn.Module | bool | None = None, random_models: int = RANDOM_MODELS,
                  out_path: str | Path | None = None, ks: Sequence[int] = DELETION_KS, draws: int = RANDOM_DRAWS,
                  seed: int = 0) -> None:
         self.model, self.scenes, self.class_table = model, list(scenes), class_table
@@ -162,8 +169,10 @@ class ExplanationEvaluator:
         self.relation_scenes = dict(relation_scenes or {})
         contacts = relation_contacts or {s: [(o, DECIDING_PARTNER)] for s, o in self.relation_scenes.items()}
         self.relation_contacts = {s: [tuple(p) for p in pairs] for s, pairs in contacts.items()}
-        self._random_model = random_model
-        self._random_explainer: SceneExplainer | None = None
+        if random_models < 1:
+            raise ValueError(f"explain: random_models must be at least 1, got {random_models}")
+        self._random_model, self.random_models = random_model, random_models
+        self._random_explainers: list[SceneExplainer] | None = None
         self.out_path = Path(out_path) if out_path is not None else None
         self.ks, self.draws, self.seed = tuple(ks), draws, seed
         self.reset()
@@ -176,16 +185,17 @@ class ExplanationEvaluator:
 
     # ------------------------------------------------------------------------------------------------- helpers
 
-    def _random(self) -> SceneExplainer | None:
+    def _randoms(self) -> list[SceneExplainer]:
+        """The explainers of the randomised copies (none when the test is off)."""
         if self._random_model is False:
-            return None
-        if self._random_explainer is None:
-            model = self._random_model if isinstance(self._random_model, nn.Module) else \
-                randomized_copy(self.model, self.seed)
-            self._random_explainer = SceneExplainer(model, self.scenes, class_table=self.class_table,
-                                                    method=self.explainer.method, steps=self.explainer.steps,
-                                                    parts=("graph", "occlusion"))
-        return self._random_explainer
+            return []
+        if self._random_explainers is None:
+            models = [self._random_model] if isinstance(self._random_model, nn.Module) else \
+                [randomized_copy(self.model, self.seed + k) for k in range(self.random_models)]
+            self._random_explainers = [SceneExplainer(m, self.scenes, class_table=self.class_table,
+                                                      method=self.explainer.method, steps=self.explainer.steps,
+                                                      parts=("graph", "occlusion")) for m in models]
+        return self._random_explainers
 
     def _deciding(self, scene: str) -> list[frozenset[str]] | None:
         """The contacts (class-name pairs) that a relation-only image of ``scene`` has and the other scene's not."""
@@ -321,21 +331,22 @@ class ExplanationEvaluator:
                         score["relation"].update(hit_counterfactual=cf[0], inserted=cf[1])
                     relation_rows.append(i)
             self._scores.append(score)
-        random = self._random() if relation_rows else None
-        if random is not None:
-            graph_list = graphs.index_select(relation_rows) if not isinstance(graphs, list) else \
-                [graphs[i] for i in relation_rows]
-            scenes = [int(truth[i]) for i in relation_rows]
+        if not relation_rows:
+            return
+        graph_list = graphs.index_select(relation_rows) if not isinstance(graphs, list) else \
+            [graphs[i] for i in relation_rows]
+        scenes = [int(truth[i]) for i in relation_rows]
+        for random in self._randoms():  # each copy adds one entry to the lists random_hit...
             rand_expl = random.explain(images[relation_rows], graph_list, scene=scenes)
             for j, (i, e) in enumerate(zip(relation_rows, rand_expl)):
                 scene = self.scenes[int(truth[i])]
                 deciding = self._deciding(scene)
-                score = self._scores[len(self._scores) - len(names) + i]
-                score["relation"].update(random_hit=self._hit(e, deciding, "score"),
-                                         random_hit_occlusion=self._hit(e, deciding, "occlusion"))
+                rel = self._scores[len(self._scores) - len(names) + i]["relation"]
+                rel.setdefault("random_hit", []).append(self._hit(e, deciding, "score"))
+                rel.setdefault("random_hit_occlusion", []).append(self._hit(e, deciding, "occlusion"))
                 cf = self._counterfactual(random, j, e, deciding, self._contrast(scene))
                 if cf is not None:
-                    score["relation"]["random_hit_counterfactual"] = cf[0]
+                    rel.setdefault("random_hit_counterfactual", []).append(cf[0])
 
     def evaluate(self) -> dict:
         """Gather across ranks, write ``explanations.jsonl`` (main process) and return the metrics."""
@@ -357,11 +368,18 @@ class ExplanationEvaluator:
             def rate(key: str) -> float | None:
                 return _mean(float(r[key]) for r in correct if key in r) if correct else None
 
+            def per_copy(key: str) -> list[float]:  # the hit rate of each randomised copy
+                rows = [r[key] for r in correct if key in r]
+                return [float(np.mean([row[k] for row in rows])) for k in range(min(map(len, rows)))] if rows else []
+
+            def mean_of(values: list[float]) -> float | None:
+                return float(np.mean(values)) if values else None
+
             metrics["relation_only"] = {
                 "num_images": len(rel), "num_correct": len(correct),
                 "hit_rate": rate("hit"), "hit_rate_occlusion": rate("hit_occlusion"),
-                "random_weights_hit_rate": rate("random_hit"),
-                "random_weights_hit_rate_occlusion": rate("random_hit_occlusion"),
+                "random_weights_hit_rate": mean_of(per_copy("random_hit")),
+                "random_weights_hit_rate_occlusion": mean_of(per_copy("random_hit_occlusion")),
                 "hit_rate_by_scene": {scene: _mean(float(r["hit"]) for r in correct if r["scene"] == scene)
                                       for scene in sorted({r["scene"] for r in correct})},
                 "chance": _mean(r["deciding"] / r["edges"] if r["edges"] else 0.0 for r in correct)
@@ -369,7 +387,11 @@ class ExplanationEvaluator:
                 "deciding_edges": {s: ", ".join("-".join(p) for p in pairs)
                                    for s, pairs in self.relation_contacts.items()},
                 "hit_rate_counterfactual": rate("hit_counterfactual"),
-                "random_weights_hit_rate_counterfactual": rate("random_hit_counterfactual"),
+                "random_weights_hit_rate_counterfactual": mean_of(per_copy("random_hit_counterfactual")),
+                # each randomised copy's hit rate (seeds seed, seed + 1, ...; the first is the single copy of before)
+                "random_weights_per_copy": {"score": per_copy("random_hit"),
+                                            "occlusion": per_copy("random_hit_occlusion"),
+                                            "counterfactual": per_copy("random_hit_counterfactual")},
                 "chance_counterfactual": _mean((r["deciding"] + r["inserted"]) / (r["edges"] + r["inserted"])
                                                for r in correct if r.get("edges") and "inserted" in r),
                 "top_edges": {scene: dict(Counter(r["top_edge"] for r in correct if r["scene"] == scene
