@@ -331,3 +331,21 @@ def test_degree_matched_set_records_its_deciding_contacts(tmp_path):
     assert boxes["relation_contacts"] == {"dining_room": [["chair", "table"]], "living_room": [["sofa", "table"]]}
     with pytest.raises(ValueError, match="irregular_degree_matched relation layout needs images of at least 64x64"):
         render_scene("dining_room", size=(48, 96), relation_only=True, relation_layout="irregular_degree_matched")
+
+
+@pytest.mark.parametrize(("layout", "digest"), [
+    ("boxes", "7b5b076039f0948c88e83eb18a0796c2c45b9cd4978512ad606ad642fc887b6f"),
+    ("irregular", "7253739919e8ab8a08210619828a31b8abf13aed9b1633cef51a0bbb73ecde60"),
+])
+def test_relation_layout_label_maps_are_unchanged(layout, digest):
+    """The label maps of the layouts that datasets were written with stay byte for byte the same (array slicing and
+    one flat cv2 polygon: no codec or blur in the hash), so a benchmark made before a change is the same set after."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for size in (64, 128):
+        for seed in range(5):
+            pair = render_relation_pair(seed, size, layout=layout)
+            for scene in ("dining_room", "living_room"):
+                h.update(pair[scene][1].tobytes())
+    assert h.hexdigest() == digest
