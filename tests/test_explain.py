@@ -491,3 +491,25 @@ def test_relation_contacts_of_a_synthetic_set(tmp_path):
     (old / "synthetic.json").write_text(json.dumps({"relation_scenes": RELATION_SCENES, "relation_only": []}))
     assert relation_contacts(old) == {"dining_room": [("chair", "table")], "living_room": [("sofa", "table")]}
     assert relation_contacts(tmp_path / "none") == {}
+
+
+def test_scoring_explanations_leaves_the_model_in_eval_mode(inputs):
+    """PyG's fidelity (run after each batch's explanations) must not leave the classifier training: under
+    tools/eval.py --explain the next batches would run with BatchNorm on batch statistics, updating them (measured:
+    a two-stream ResNet scored 91.5% there against 100% without --explain)."""
+    images, graphs = inputs
+    model = _model("model.image_encoder.name=resnet10t")
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    with torch.no_grad():
+        before = model(images, graphs)["logits"]
+    evaluator = ExplanationEvaluator(model, SCENES, class_table=TABLE, steps=4, random_model=False)
+    batch = {"image": images, "scene": torch.tensor([0, 1, 2]), "name": ["a", "b", "c"],
+             "graph": as_batch(graphs, "cpu")}
+    for _ in range(2):  # a second batch after the first one's fidelity
+        evaluator.process(batch, {})
+        assert not model.training and not any(m.training for m in model.modules())
+    assert "fidelity" in evaluator.evaluate()  # the PyG call did run
+    with torch.no_grad():
+        after = model(images, graphs)["logits"]
+    assert all(torch.equal(buffers[k], v) for k, v in model.named_buffers())
+    torch.testing.assert_close(after, before, rtol=0, atol=0)

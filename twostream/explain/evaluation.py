@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from twostream.explain.explainer import PARTS, SceneExplainer
+from twostream.explain.explainer import PARTS, SceneExplainer, _explaining
 from twostream.explain.explanation import SceneExplanation
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,8 @@ class ExplanationEvaluator:
             graphs = outputs.get("graphs")
         explanations = self.explainer.explain(images, graphs)
         last = self.explainer.last
-        fid = self._pyg_fidelity()
+        with _explaining(self.model):  # PyG's fidelity runs the model again: in eval mode, and put back as it was
+            fid = self._pyg_fidelity()
         if fid is not None:
             self._fidelity.append(fid)
         names = list(inputs["name"])
