@@ -513,3 +513,18 @@ def test_scoring_explanations_leaves_the_model_in_eval_mode(inputs):
         after = model(images, graphs)["logits"]
     assert all(torch.equal(buffers[k], v) for k, v in model.named_buffers())
     torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_check_table_shows_every_rate():
+    from twostream.explain.check import format_check_table
+
+    row = {"variant": "class_only_s0", "top1": 1.0, "relation_only": {
+        "num_images": 200, "num_correct": 199, "hit_rate": 0.5, "hit_rate_occlusion": 0.75,
+        "hit_rate_counterfactual": 1.0, "random_weights_hit_rate": 0.267, "random_weights_hit_rate_occlusion": 0.157,
+        "random_weights_hit_rate_counterfactual": 0.2, "chance": 0.108},
+        "deletion": {"top": [0.25], "random": [0.05]}, "fidelity": {"fid_plus": [0.7], "fid_minus": [0.0]}}
+    header, _, line = format_check_table([row, {"variant": "image_only", "top1": 0.9}]).splitlines()[:3]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert "hit rate (counterfactual)" in header and len(cells) == header.count("|") - 1
+    assert cells == ["class_only_s0", "100.0%", "199/200", "50.0%", "75.0%", "100.0%", "26.7%", "15.7%", "20.0%",
+                     "10.8%", "+0.250 vs +0.050", "0.70 / 0.00"]

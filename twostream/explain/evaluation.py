@@ -57,8 +57,8 @@ __all__ = ["DELETION_KS", "ExplanationEvaluator", "build_explanation_evaluator",
 DELETION_KS = (1, 2, 3)
 RANDOM_DRAWS = 8
 # Randomised copies of the model in the randomisation test. On a relation set whose graphs are all alike (class-only
-# nodes: every graph of a scene is the same graph), one random model ranks the same edge first in every image of a
-# scene, so one copy gives 0%, 50% or 100%; the mean over several copies estimates the random-weights hit rate.
+# nodes: nearly every graph of a scene is the same graph), one random model ranks the same edge first in almost every
+# image of a scene, so one copy gives about 0%, 50% or 100%; the mean over several copies estimates the rate.
 RANDOM_MODELS = 5
 DECIDING_PARTNER = "table"  # the relation-only scenes differ in which object touches the table
 
