@@ -1,13 +1,22 @@
 #!/usr/bin/env python
-"""Can the objects' geometry alone tell the relation pair apart? A probe of a relation benchmark (docs/relations.md).
+"""Can the objects' geometry, or their numbers of contacts, alone tell the relation pair apart? A probe of a relation
+benchmark (docs/relations.md).
 
-    python benchmarks/relation_geometry_probe.py datasets/relbench datasets/relbench_irregular
+    python benchmarks/relation_geometry_probe.py datasets/relbench datasets/relbench_irregular \
+        datasets/relbench_irregular_degree_matched
 
-For every relation-only image of a synthetic set (``synthetic.json``'s ``relation_only``), the graph of its annotation
-gives each of the seven classes' area, centroid and box (7 numbers, in a fixed class order: 49 features, no edges).
-A model that sees all objects at once — a linear model and a two-layer MLP (64 hidden units), trained with AdamW on
-the training split's relation-only images — is scored on the validation split's. Chance is 50%. With the ``boxes``
-layout the boxes give the contact away; with ``irregular`` they should not.
+For every relation-only image of a synthetic set (``synthetic.json``'s ``relation_only``; every such image holds the
+same classes, seven or eight), the graph of its annotation gives
+
+- **geometry**: each class's area, centroid and box (7 numbers per class, in a fixed class order: 49 or 56 features,
+  no edges);
+- **degrees**: each class's number of contacts (one number per class: what a degree-preserving shuffle of the edges
+  keeps).
+
+Models that see all objects at once — a linear model and a two-layer MLP (64 hidden units), trained with AdamW on
+the training split's relation-only images — are scored on the validation split's. Chance is 50%. With the ``boxes``
+layouts the boxes give the contact away, with the ``irregular`` ones they should not; with the ``degree_matched``
+ones the degrees should not either.
 """
 
 from __future__ import annotations
@@ -25,33 +34,40 @@ from twostream.graph.builder import SceneGraphBuilder
 
 __all__ = ["features", "probe"]
 
-CLASSES = ("wall", "ceiling", "floor", "painting", "table", "chair", "sofa")
 SCENES = ("dining_room", "living_room")
+KINDS = ("geometry", "degrees")
 
 
-def features(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(M, 49)`` geometry of the seven classes and ``(M,)`` labels (0 dining_room, 1 living_room)."""
-    table = ade20k150()
-    builder = SceneGraphBuilder(class_table=table)
-    ids = [table.index(c) for c in CLASSES]
+def features(root: Path, split: str, kind: str = "geometry") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(M, 7 C)`` geometry (``kind="geometry"``) or ``(M, C)`` numbers of contacts (``"degrees"``) of the ``C``
+    classes of the relation-only images, in class-id order, and ``(M,)`` labels (0 dining_room, 1 living_room)."""
+    builder = SceneGraphBuilder(class_table=ade20k150())
     meta = json.loads((root / "synthetic.json").read_text())
     scene_of = dict(line.split() for line in (root / "sceneCategories.txt").read_text().splitlines())
     prefix = "ADE_train_" if split == "training" else "ADE_val_"
-    xs, ys = [], []
+    xs, ys, ids = [], [], None
     for stem in meta["relation_only"]:
         if not stem.startswith(prefix):
             continue
         graph = builder(np.asarray(Image.open(root / "annotations" / split / f"{stem}.png")))
-        attr = graph.node_attr()  # (N, 7) area, centroid, box
-        row = [attr[graph.labels.tolist().index(i)] for i in ids]
-        xs.append(torch.cat(row))
+        labels = graph.labels.tolist()
+        if ids is None:
+            ids = sorted(labels)
+        if sorted(labels) != ids:
+            raise ValueError(f"{root}: {stem} holds other classes than the first relation-only image")
+        if kind == "geometry":
+            attr = graph.node_attr()  # (N, 7) area, centroid, box
+        else:
+            attr = torch.bincount(graph.edge_index[0], minlength=len(labels)).float()[:, None]  # (N, 1) degree
+        xs.append(torch.cat([attr[labels.index(i)] for i in ids]))
         ys.append(SCENES.index(scene_of[stem]))
     return torch.stack(xs), torch.tensor(ys)
 
 
-def probe(root: Path, hidden: int = 64, steps: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Validation accuracy of a linear model and of a two-layer MLP on the geometry of the relation-only images."""
-    (xt, yt), (xv, yv) = features(root, "training"), features(root, "validation")
+def probe(root: Path, hidden: int = 64, steps: int = 2000, seed: int = 0, kind: str = "geometry") -> dict[str, float]:
+    """Validation accuracy of a linear model and of a two-layer MLP on the geometry (or the numbers of contacts) of
+    the relation-only images."""
+    (xt, yt), (xv, yv) = features(root, "training", kind), features(root, "validation", kind)
     mean, std = xt.mean(0), xt.std(0).clamp_min(1e-6)
     xt, xv = (xt - mean) / std, (xv - mean) / std
     out = {}
@@ -79,16 +95,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="model seeds (default: 3)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    print("| set | relation-only images (train / val) | linear, val top-1 % | 2-layer MLP, val top-1 % |")
-    print("|---|---|---:|---:|")
+    head = [f"{kind}: {name}, val top-1 %" for kind in KINDS for name in ("linear", "2-layer MLP")]
+    print("| set | relation-only images (train / val) | " + " | ".join(head) + " |")
+    print("|---|---|" + "---:|" * len(head))
     for root in args.roots:
-        runs = [probe(Path(root), seed=s) for s in range(args.seeds)]
         cells = []
-        for name in ("linear", "mlp"):
-            v = [100 * r[name] for r in runs]
-            cells.append(f"{np.mean(v):.1f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.1f}")
-        print(f"| {root} | {runs[0]['images'][0]} / {runs[0]['images'][1]} | {cells[0]} | {cells[1]} |")
-
+        for kind in KINDS:
+            runs = [probe(Path(root), seed=s, kind=kind) for s in range(args.seeds)]
+            for name in ("linear", "mlp"):
+                v = [100 * r[name] for r in runs]
+                cells.append(f"{np.mean(v):.1f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.1f}")
+        print(f"| {root} | {runs[0]['images'][0]} / {runs[0]['images'][1]} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()

@@ -247,3 +247,105 @@ def test_irregular_relation_set_is_recorded(tmp_path):
         make_synthetic(tmp_path / "bad", relation_layout="round")
     with pytest.raises(ValueError, match="irregular relation layout needs images of at least 64x64 pixels"):
         render_scene("living_room", size=48, relation_only=True, relation_layout="irregular")
+
+
+def class_contacts(graph) -> tuple[set[tuple[int, int]], dict[int, int]]:
+    """A scene graph's undirected contacts as class-id pairs, and each class's number of contacts (its degree)."""
+    pairs = graph.labels[graph.undirected_edges()[0]].t().tolist()  # (E/2, 2) class ids
+    degree = {int(c): 0 for c in graph.labels.tolist()}
+    for a, b in pairs:
+        degree[a] += 1
+        degree[b] += 1
+    return {tuple(sorted(p)) for p in pairs}, degree
+
+
+MATCHED = ("degree_matched", "irregular_degree_matched")
+
+
+@pytest.mark.parametrize(("layout", "seed", "size"),
+                         [(m, s, 64) for m in MATCHED for s in range(8)] + [(m, s, z) for m in MATCHED for s in range(2)
+                                                                            for z in ((96, 127), 128)] +
+                         [("degree_matched", 0, 48), ("irregular_degree_matched", 0, 256)])
+def test_degree_matched_layouts_differ_only_in_which_pairs_touch(layout, seed, size):
+    """Same classes, same pixels per class, same number of contacts per class, with 4- and 8-connected graphs; the
+    difference is chair–table and sofa–shelf against sofa–table and chair–shelf: one double edge swap."""
+    from twostream.data.synthetic import RELATION_CONTACTS
+    from twostream.graph.builder import SceneGraphBuilder
+
+    pair = render_relation_pair(seed, size, layout=layout)
+    (_, dining, _), (_, living, _) = pair["dining_room"], pair["living_room"]
+    objects = {cid(n) for n in ("wall", "ceiling", "floor", "painting", "table", "chair", "sofa", "shelf")}
+    assert set(np.unique(dining)) == set(np.unique(living)) == objects
+    np.testing.assert_array_equal(np.bincount(dining.ravel(), minlength=151),
+                                  np.bincount(living.ravel(), minlength=151))
+    deciding = {scene: {tuple(sorted((cid(a), cid(b)))) for a, b in pairs}
+                for scene, pairs in RELATION_CONTACTS[layout].items()}
+    assert deciding["dining_room"] == {tuple(sorted((cid("chair"), cid("table")))),
+                                       tuple(sorted((cid("sofa"), cid("shelf"))))}
+    for connectivity in (4, 8):
+        builder = SceneGraphBuilder(class_table=T, connectivity=connectivity)
+        (edges_d, degree_d), (edges_l, degree_l) = class_contacts(builder(dining)), class_contacts(builder(living))
+        assert degree_d == degree_l  # every object has as many contacts in both scenes
+        assert edges_d - edges_l == deciding["dining_room"] and edges_l - edges_d == deciding["living_room"]
+    assert touching(dining) ^ touching(living) == deciding["dining_room"] | deciding["living_room"]  # brute force
+    if layout == "irregular_degree_matched":  # furniture boxes overlap whether or not the objects touch
+        for label in (dining, living):
+            box = boxes_of(label)
+            for a in ("table", "shelf"):
+                for b in ("chair", "sofa"):
+                    assert box_overlap(box[cid(a)], box[cid(b)]) > 0, (a, b)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_irregular_degree_matched_node_geometry_is_the_same_in_both_scenes(seed):
+    """As for ``irregular``: a dining room with the table's thin leg on one side has exactly the node attributes of
+    the living room of the same draws with it on the other side, and the same number of contacts per node."""
+    from twostream.data.synthetic.canvas import Canvas
+    from twostream.data.synthetic.relation import RELATION_LAYOUTS
+    from twostream.graph.builder import SceneGraphBuilder
+
+    builder = SceneGraphBuilder(class_table=T)
+    for side in (-1, 1):
+        graphs = {}
+        for scene, s in (("dining_room", side), ("living_room", -side)):
+            c = Canvas(64, 96)
+            RELATION_LAYOUTS["irregular_degree_matched"](c, np.random.default_rng(seed), RELATION_SCENES[scene],
+                                                         side=s)
+            graphs[scene] = builder(c.label)
+        a, b = graphs["dining_room"], graphs["living_room"]
+        for field in ("labels", "area", "centroid", "bbox"):
+            assert np.array_equal(getattr(a, field).numpy(), getattr(b, field).numpy()), field
+        (edges_a, degree_a), (edges_b, degree_b) = class_contacts(a), class_contacts(b)
+        assert degree_a == degree_b and len(edges_a ^ edges_b) == 4
+
+
+def test_degree_matched_set_records_its_deciding_contacts(tmp_path):
+    meta = make_synthetic(tmp_path / "dm", train_per_scene=2, val_per_scene=1, size=64, scenes=list(RELATION_SCENES),
+                          relation_fraction=1.0, relation_layout="irregular_degree_matched")
+    stored = json.loads((tmp_path / "dm/synthetic.json").read_text())
+    assert stored["params"]["relation_layout"] == "irregular_degree_matched" and len(stored["relation_only"]) == 6
+    assert stored["relation_contacts"] == meta["relation_contacts"] == {
+        "dining_room": [["chair", "table"], ["sofa", "shelf"]], "living_room": [["sofa", "table"], ["chair", "shelf"]]}
+    boxes = make_synthetic(tmp_path / "box", train_per_scene=1, val_per_scene=0, size=48, scenes=["dining_room"],
+                           relation_fraction=1.0)
+    assert boxes["relation_contacts"] == {"dining_room": [["chair", "table"]], "living_room": [["sofa", "table"]]}
+    with pytest.raises(ValueError, match="irregular_degree_matched relation layout needs images of at least 64x64"):
+        render_scene("dining_room", size=(48, 96), relation_only=True, relation_layout="irregular_degree_matched")
+
+
+@pytest.mark.parametrize(("layout", "digest"), [
+    ("boxes", "7b5b076039f0948c88e83eb18a0796c2c45b9cd4978512ad606ad642fc887b6f"),
+    ("irregular", "7253739919e8ab8a08210619828a31b8abf13aed9b1633cef51a0bbb73ecde60"),
+])
+def test_relation_layout_label_maps_are_unchanged(layout, digest):
+    """The label maps of the layouts that datasets were written with stay byte for byte the same (array slicing and
+    one flat cv2 polygon: no codec or blur in the hash), so a benchmark made before a change is the same set after."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for size in (64, 128):
+        for seed in range(5):
+            pair = render_relation_pair(seed, size, layout=layout)
+            for scene in ("dining_room", "living_room"):
+                h.update(pair[scene][1].tobytes())
+    assert h.hexdigest() == digest

@@ -381,6 +381,14 @@ def test_randomisation_test_separates_trained_from_random_weights():
     assert m["num_correct"] >= 0.9 * m["num_images"]
     assert m["hit_rate"] >= 0.9 and min(m["hit_rate_by_scene"].values()) >= 0.9
     assert m["random_weights_hit_rate"] <= m["chance"] + 0.15 and m["hit_rate"] - m["random_weights_hit_rate"] > 0.6
+    # inserting the absent contact only adds candidates that count as hits: never below the occlusion hit rate
+    assert m["hit_rate_counterfactual"] >= m["hit_rate_occlusion"] and m["chance_counterfactual"] > m["chance"]
+    copies = m["random_weights_per_copy"]["score"]  # five randomised copies by default, their mean reported
+    assert len(copies) == 5 and m["random_weights_hit_rate"] == pytest.approx(float(np.mean(copies)))
+    heads = [r.model.head.weight for r in evaluator._random_explainers]  # five different random models
+    assert all(not torch.equal(heads[0], h) for h in heads[1:])
+    with pytest.raises(ValueError, match="random_models must be at least 1"):
+        ExplanationEvaluator(model, scenes, class_table=TABLE, random_models=0)
 
 
 def test_shared_backbone_with_online_graphs_is_explained(inputs):
@@ -392,3 +400,131 @@ def test_shared_backbone_with_online_graphs_is_explained(inputs):
     [e] = SceneExplainer(model, SCENES, steps=4).explain(images[:1])
     assert "shared backbone" in e.method and e.cam.shape == (64, 64) and e.cam.max() > e.cam.min()
     assert e.node_confidence is not None and e.node_scores.shape == (e.num_nodes,)
+
+
+def _with_edge(graph: SceneGraph, a: int, b: int, boundary: float) -> SceneGraph:
+    d = graph.to_json()
+    d["edges"].append({"source": min(a, b), "target": max(a, b), "boundary": boundary})
+    return SceneGraph.from_json(d)
+
+
+@pytest.mark.parametrize("extra", [(), ("model.gnn.type=gcn", "model.fusion.type=sum")])
+def test_insertion_equals_the_model_on_the_graph_with_the_contact_added(extra, inputs):
+    """insertion_probs: every absent contact added, in one batch, against the model run on each graph built with it
+    (edge attributes recomputed for the pair, the boundary copied from the named edge)."""
+    from twostream.explain.occlusion import insertion_probs
+
+    images, graphs = inputs
+    model = _model(*extra)
+    image, graph = images[:1], graphs[0]
+    n = graph.num_nodes
+    touching = {tuple(p) for p in graph.undirected_edges()[0].t().tolist()}
+    absent = [(a, b) for a in range(n) for b in range(a + 1, n) if (a, b) not in touching][:6]
+    like = torch.tensor([0, 3, -1, 5, 1, 2][:len(absent)])
+    with torch.no_grad():
+        probs = model(image, [graph])["logits"].softmax(dim=1)[0]
+        scene = int(probs.argmax())
+        emb = encode_streams(model, image, as_batch([graph], "cpu"))
+        got = insertion_probs(model, graph.to_pyg(), emb.select(0), scene, torch.tensor(absent), like)
+        loop = [model(image, [_with_edge(graph, a, b, float(graph.boundary[k]) if k >= 0 else 0.0)])["logits"]
+                .softmax(1)[0, scene] for (a, b), k in zip(absent, like.tolist())]
+    assert len(absent) >= 3
+    torch.testing.assert_close(got, torch.stack(loop), rtol=0, atol=2e-6)
+    assert (got - probs[scene]).abs().max() > 1e-4  # the check is not vacuous
+
+
+def test_counterfactual_hit_rate_credits_a_decision_by_an_absent_contact():
+    """Dining rooms drawn without any contact to the table (living rooms keep sofa–table): a model can only decide
+    a dining room by the *absence* of sofa–table. No present edge is a deciding one there, so the hit rate misses
+    every dining room; inserting sofa–table costs the dining room most, and the counterfactual hit rate finds it."""
+    from torch_geometric.data import Batch
+
+    chair, table = TABLE.index("chair"), TABLE.index("table")
+
+    def absent_chair_table(graphs, labels):
+        out = []
+        for data, y in zip(graphs, labels):
+            if y == 0:  # dining_room: drop chair–table
+                lab = data.labels[data.edge_index]
+                keep = ~(((lab[0] == chair) & (lab[1] == table)) | ((lab[0] == table) & (lab[1] == chair)))
+                data.edge_index, data.edge_attr = data.edge_index[:, keep], data.edge_attr[keep]
+                data.boundary = data.boundary[keep]
+            out.append(data)
+        return out
+
+    scenes = sorted(RELATION_SCENES)
+    torch.manual_seed(0)
+    model = TwoStreamClassifier(num_scenes=2, graph_encoder=GraphEncoder(
+        len(TABLE), conv="gat", hidden_dim=16, heads=2, num_layers=2, class_embed_dim=8, dropout=0.0,
+        use_edge_attr=False), head_dropout=0.0)
+    train, labels, _ = _relation_graphs(range(100, 124))
+    batch, y = Batch.from_data_list(absent_chair_table(train, labels)), torch.tensor(labels)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(torch.zeros(len(train), 3, 8, 8), batch)["logits"], y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    val, val_labels, names = _relation_graphs(range(12))
+    val = absent_chair_table(val, val_labels)
+    evaluator = ExplanationEvaluator(model, scenes, class_table=TABLE, steps=8, relation_only=names,
+                                     relation_scenes=RELATION_SCENES, random_model=False)
+    evaluator.process({"image": torch.zeros(len(val), 3, 8, 8), "scene": torch.tensor(val_labels), "name": names,
+                       "graph": Batch.from_data_list(val)}, {})
+    m = evaluator.evaluate()["relation_only"]
+    assert m["num_correct"] >= 0.9 * m["num_images"]
+    assert m["hit_rate_by_scene"]["dining_room"] == 0.0  # the deciding contact is not there to be ranked
+    assert m["hit_rate_counterfactual"] >= 0.9 and m["hit_rate_counterfactual"] > m["hit_rate_occlusion"] + 0.3
+    assert m["deciding_edges"] == {"dining_room": "chair-table", "living_room": "sofa-table"}
+
+
+def test_relation_contacts_of_a_synthetic_set(tmp_path):
+    from twostream.data.synthetic import make_synthetic
+    from twostream.explain.evaluation import relation_contacts
+
+    make_synthetic(tmp_path / "dm", train_per_scene=1, val_per_scene=0, size=64, scenes=["dining_room"],
+                   relation_fraction=1.0, relation_layout="irregular_degree_matched")
+    assert relation_contacts(tmp_path / "dm")["dining_room"] == [("chair", "table"), ("sofa", "shelf")]
+    old = tmp_path / "old"  # a set written before relation_contacts was recorded
+    old.mkdir()
+    (old / "synthetic.json").write_text(json.dumps({"relation_scenes": RELATION_SCENES, "relation_only": []}))
+    assert relation_contacts(old) == {"dining_room": [("chair", "table")], "living_room": [("sofa", "table")]}
+    assert relation_contacts(tmp_path / "none") == {}
+
+
+def test_scoring_explanations_leaves_the_model_in_eval_mode(inputs):
+    """PyG's fidelity (run after each batch's explanations) must not leave the classifier training: under
+    tools/eval.py --explain the next batches would run with BatchNorm on batch statistics, updating them (measured:
+    a two-stream ResNet scored 91.5% there against 100% without --explain)."""
+    images, graphs = inputs
+    model = _model("model.image_encoder.name=resnet10t")
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    with torch.no_grad():
+        before = model(images, graphs)["logits"]
+    evaluator = ExplanationEvaluator(model, SCENES, class_table=TABLE, steps=4, random_model=False)
+    batch = {"image": images, "scene": torch.tensor([0, 1, 2]), "name": ["a", "b", "c"],
+             "graph": as_batch(graphs, "cpu")}
+    for _ in range(2):  # a second batch after the first one's fidelity
+        evaluator.process(batch, {})
+        assert not model.training and not any(m.training for m in model.modules())
+    assert "fidelity" in evaluator.evaluate()  # the PyG call did run
+    with torch.no_grad():
+        after = model(images, graphs)["logits"]
+    assert all(torch.equal(buffers[k], v) for k, v in model.named_buffers())
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_check_table_shows_every_rate():
+    from twostream.explain.check import format_check_table
+
+    row = {"variant": "class_only_s0", "top1": 1.0, "relation_only": {
+        "num_images": 200, "num_correct": 199, "hit_rate": 0.5, "hit_rate_occlusion": 0.75,
+        "hit_rate_counterfactual": 1.0, "random_weights_hit_rate": 0.267, "random_weights_hit_rate_occlusion": 0.157,
+        "random_weights_hit_rate_counterfactual": 0.2, "chance": 0.108},
+        "deletion": {"top": [0.25], "random": [0.05]}, "fidelity": {"fid_plus": [0.7], "fid_minus": [0.0]}}
+    header, _, line = format_check_table([row, {"variant": "image_only", "top1": 0.9}]).splitlines()[:3]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert "hit rate (counterfactual)" in header and len(cells) == header.count("|") - 1
+    assert cells == ["class_only_s0", "100.0%", "199/200", "50.0%", "75.0%", "100.0%", "26.7%", "15.7%", "20.0%",
+                     "10.8%", "+0.250 vs +0.050", "0.70 / 0.00"]

@@ -1,8 +1,7 @@
 #!/usr/bin/env python
 """What do the edges add? Train and evaluate ablation variants of one config over seeds; print a table.
 
-    python tools/ablate.py --config configs/relbench_gat.yaml --seeds 3 --out runs/relbench \
-        --scene-group relation_pair=dining_room,living_room
+    python tools/ablate.py --config configs/relbench.yaml --seeds 3 --out runs/relbench
 
 Each variant is a set of config overrides (twostream.engine.ablation.VARIANTS; docs/relations.md lists them); each
 seed is a run folder <out>/<variant>/seed<k> trained and evaluated by the normal engine. Finished runs are reused, not

@@ -8,6 +8,9 @@ the validation split, with furniture whose boxes do not give the contact away:
 
     python tools/make_synthetic.py --out datasets/relbench --train-per-scene 100 --val-per-scene 100 --size 64 \
         --relation-fraction 1.0 --relation-layout irregular
+
+Neither the objects' geometry nor their numbers of contacts giving the contact away (a shelf the other object
+touches): --relation-layout irregular_degree_matched.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--relation-fraction", type=float, default=0.25,
                    help="share of living_room/dining_room images told apart only by adjacency (default: 0.25)")
     p.add_argument("--relation-layout", default="boxes", choices=list(RELATION_LAYOUTS),
-                   help="relation-only layout: boxes (rectangles: their boxes give the contact away) or irregular "
-                        "(concave furniture whose boxes overlap whether or not it touches) (default: boxes)")
+                   help="relation-only layout: boxes (rectangles: their boxes give the contact away), irregular "
+                        "(concave furniture whose boxes overlap whether or not it touches), degree_matched or "
+                        "irregular_degree_matched (the same plus a shelf that the object apart from the table "
+                        "touches: every object has as many contacts in both scenes) (default: boxes)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default: 90)")
     p.add_argument("--overwrite", action="store_true", help="replace a synthetic set made with other parameters")
     return p

@@ -61,8 +61,8 @@ def _pct(x: float | None) -> str:
 def format_check_table(rows: Sequence[dict]) -> str:
     """A markdown table: accuracy, hit rates (trained / random weights / chance), deletion and PyG fidelity."""
     head = ["variant", "val top-1", "relation-only correct", "hit rate (score)", "hit rate (occlusion)",
-            "random weights (score)", "random weights (occlusion)", "chance", "deletion k=1: top vs random (Δp)",
-            "PyG fid+ / fid- (k=1)"]
+            "hit rate (counterfactual)", "random weights (score)", "random weights (occlusion)",
+            "random weights (counterfactual)", "chance", "deletion k=1: top vs random (Δp)", "PyG fid+ / fid- (k=1)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         rel = r.get("relation_only") or {}
@@ -73,7 +73,8 @@ def format_check_table(rows: Sequence[dict]) -> str:
         correct = f"{rel['num_correct']}/{rel['num_images']}" if rel else "—"
         lines.append("| " + " | ".join([
             r["variant"], _pct(r.get("top1")), correct, _pct(rel.get("hit_rate")), _pct(rel.get("hit_rate_occlusion")),
-            _pct(rel.get("random_weights_hit_rate")), _pct(rel.get("random_weights_hit_rate_occlusion")),
+            _pct(rel.get("hit_rate_counterfactual")), _pct(rel.get("random_weights_hit_rate")),
+            _pct(rel.get("random_weights_hit_rate_occlusion")), _pct(rel.get("random_weights_hit_rate_counterfactual")),
             _pct(rel.get("chance")), deletion, fid]) + " |")
     return "\n".join(lines)
 

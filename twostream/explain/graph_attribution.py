@@ -76,6 +76,10 @@ class GraphStreamModule(nn.Module):
         self.model = model
         self.graphs = graphs
         self.image = image or StreamEmbeddings()
+        # A new module is in training mode; PyG's Explainer.get_prediction reads the wrapper's mode and puts it back
+        # with train(mode), which recurses into the classifier: take the classifier's own mode, so that a call after
+        # the explanation (PyG's fidelity) cannot leave a model in eval mode training (BatchNorm statistics, dropout).
+        self.train(model.training)
 
     @torch.no_grad()
     def node_inputs(self) -> Tensor:

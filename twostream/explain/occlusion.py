@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from twostream.explain.streams import StreamEmbeddings, classify, encode_graphs
 
-__all__ = ["deletion_curve", "deletion_probs", "occlusion_scores", "subgraph_batch"]
+__all__ = ["deletion_curve", "deletion_probs", "insertion_probs", "occlusion_scores", "subgraph_batch"]
 
 # Node features copied per variant: node-level tensors of SceneGraph.to_pyg() (others are carried if present).
 _NODE_KEYS = ("labels", "x", "pos", "features", "confidence")
@@ -82,6 +82,61 @@ def deletion_probs(model: nn.Module, data, image: StreamEmbeddings, scene: int, 
         emb.graph_pooled, emb.node_emb, emb.node_batch = pooled, nodes, batch.batch
         probs.append(classify(model, emb).float().softmax(dim=1)[:, scene])
     return torch.cat(probs) if probs else torch.zeros(0)
+
+
+def insertion_probs(model: nn.Module, data, image: StreamEmbeddings, scene: int, pairs: Tensor,
+                    like: Tensor) -> Tensor:
+    """``(K,)`` probability of ``scene`` when the contact ``pairs[k]`` is added to the graph (variant ``k``: both
+    directions), the counterpart of deleting one (:func:`occlusion_scores`): what an absent contact would change.
+
+    Args:
+        data: one graph (``SceneGraph.to_pyg()``) with ``N`` nodes and ``E`` directed edges.
+        pairs: ``(K, 2)`` node ids of pairs that do not touch.
+        like: ``(K,)`` index of an existing directed edge whose boundary length the new contact takes (e.g. the
+            contact it would replace), ``-1`` for a zero boundary. The centroid offset and distance are computed for
+            the new pair, as the builder would.
+    """
+    from torch_geometric.data import Batch
+
+    k, n = int(pairs.shape[0]), int(data.labels.numel())
+    device = data.labels.device
+    if k == 0:
+        return torch.zeros(0)
+    base = subgraph_batch(data, torch.ones(k, n, dtype=torch.bool, device=device))  # K copies, ids + k * N
+    e = int(data.edge_index.shape[1])
+    src = pairs[:, 0].to(device) + torch.arange(k, device=device) * n  # (K,)
+    dst = pairs[:, 1].to(device) + torch.arange(k, device=device) * n
+    graph_of_edge = torch.cat([torch.arange(k, device=device).repeat_interleave(e),
+                               torch.arange(k, device=device).repeat(2)])  # (K E + 2K,)
+    order = torch.argsort(graph_of_edge, stable=True)  # each variant's edges together, the new ones last
+    out = Batch()
+    for key in _NODE_KEYS:
+        value = getattr(base, key, None)
+        if value is not None:
+            out[key] = value
+    out.edge_index = torch.cat([base.edge_index, torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])],
+                               dim=1)[:, order]
+    like = like.to(device).long()
+    has = like >= 0
+    if getattr(data, "boundary", None) is not None:
+        b = torch.where(has, data.boundary[like.clamp_min(0)], torch.zeros_like(like, dtype=data.boundary.dtype))
+        out.boundary = torch.cat([base.boundary, b, b])[order]
+    if getattr(data, "edge_attr", None) is not None:
+        attr = data.edge_attr
+        centroid = data.x[:, 1:3].to(attr.dtype)  # node_attr: area, centroid (x, y), box
+        length = torch.where(has, attr[like.clamp_min(0), 0], torch.zeros_like(attr[:k, 0]))  # boundary / sqrt(HW)
+
+        def fresh(a: Tensor, b: Tensor) -> Tensor:  # (K, 4) for the directed edges a -> b
+            offset = centroid[b] - centroid[a]
+            return torch.cat([length[:, None], offset, offset.norm(dim=1, keepdim=True)], dim=1)
+
+        local_src, local_dst = pairs[:, 0].to(device), pairs[:, 1].to(device)
+        out.edge_attr = torch.cat([base.edge_attr, fresh(local_src, local_dst), fresh(local_dst, local_src)])[order]
+    out.batch, out.ptr = base.batch, base.ptr
+    pooled, nodes = encode_graphs(model, out)
+    emb = image.select(0, k) if image.image_pooled is not None else StreamEmbeddings()
+    emb.graph_pooled, emb.node_emb, emb.node_batch = pooled, nodes, out.batch
+    return classify(model, emb).float().softmax(dim=1)[:, scene]
 
 
 def occlusion_scores(model: nn.Module, data, image: StreamEmbeddings, scene: int, full_prob: float | Tensor, *,

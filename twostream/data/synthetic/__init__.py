@@ -20,7 +20,9 @@ Sizes, heights, gap, start position, mirroring and colours come from the same ra
 variants have identical class sets and identical per-class pixel counts: only which objects touch which differs
 (``render_relation_pair`` draws both). Object presence alone cannot tell these images apart; adjacency can. With
 ``relation_layout="irregular"`` the furniture is concave and the boxes of all three objects overlap whether or not
-they touch, so the objects' geometry cannot tell them apart either (:mod:`.relation`).
+they touch, so the objects' geometry cannot tell them apart either; ``degree_matched`` and
+``irregular_degree_matched`` add a shelf that the object apart from the table touches, so every object has the same
+number of contacts in both scenes and the numbers of contacts cannot tell them apart (:mod:`.relation`).
 
 Output (``make_synthetic``)::
 
@@ -36,12 +38,13 @@ first N files of a split (``data.max_items``) cover every scene. Every image has
 """
 
 from twostream.data.io import read_instances
-from twostream.data.synthetic.relation import RELATION_LAYOUTS, RELATION_SCENES
+from twostream.data.synthetic.relation import RELATION_CONTACTS, RELATION_LAYOUTS, RELATION_SCENES
 from twostream.data.synthetic.render import render_relation_pair, render_scene
 from twostream.data.synthetic.scenes import SCENES
 from twostream.data.synthetic.writer import make_synthetic
 
 __all__ = [
+    "RELATION_CONTACTS",
     "RELATION_LAYOUTS",
     "RELATION_SCENES",
     "SCENES",

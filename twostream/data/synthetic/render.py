@@ -32,7 +32,8 @@ def render_scene(
         seed: everything (layout, colours, noise) follows from it.
         size: ``H = W`` or ``(H, W)`` in pixels.
         relation_only: use the shared relation-only layout (scenes in ``RELATION_SCENES`` only).
-        relation_layout: which one, a key of ``RELATION_LAYOUTS``: ``boxes`` (default) or ``irregular``.
+        relation_layout: which one, a key of ``RELATION_LAYOUTS``: ``boxes`` (default), ``irregular``,
+            ``degree_matched`` or ``irregular_degree_matched``.
 
     Returns:
         ``image`` ``(H, W, 3)`` uint8 RGB, ``label`` ``(H, W)`` uint8 (ADE20K-150 ids, 0 = other), ``instances``

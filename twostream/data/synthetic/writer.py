@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from twostream.data.synthetic.relation import RELATION_LAYOUTS, RELATION_SCENES
+from twostream.data.synthetic.relation import RELATION_CONTACTS, RELATION_LAYOUTS, RELATION_SCENES
 from twostream.data.synthetic.render import render_scene, size_hw
 from twostream.data.synthetic.scenes import SCENES
 
@@ -100,8 +100,10 @@ def make_synthetic(
         scenes: scene types to draw (default: all of ``SCENES``, in that order).
         relation_fraction: share of ``living_room``/``dining_room`` images drawn with the relation-only layout
             (``1.0``: all of them, the relation benchmark of docs/relations.md).
-        relation_layout: ``boxes`` (default) or ``irregular`` (concave furniture whose boxes overlap whether or
-            not it touches: see :mod:`twostream.data.synthetic.relation`).
+        relation_layout: a key of ``RELATION_LAYOUTS`` (see :mod:`twostream.data.synthetic.relation`): ``boxes``
+            (default), ``irregular`` (concave furniture whose boxes overlap whether or not it touches),
+            ``degree_matched`` / ``irregular_degree_matched`` (the same with a shelf that the object apart from the
+            table touches, so that every object has as many contacts in both scenes).
         quality: JPEG quality.
         overwrite: replace a synthetic set made with other parameters (a folder without ``synthetic.json`` is
             never touched). An existing set with the same parameters is kept as it is.
@@ -166,6 +168,9 @@ def make_synthetic(
         "params": params,
         "counts": counts,
         "relation_scenes": RELATION_SCENES,
+        # scene -> the contacts its relation-only images have and the other scene's have not (the deciding ones)
+        "relation_contacts": {scene: [list(pair) for pair in pairs]
+                              for scene, pairs in RELATION_CONTACTS[relation_layout].items()},
         "relation_only": [stem for stem, _, rel in results if rel],
     }
     (out / _META).write_text(json.dumps(meta, indent=1) + "\n")
