@@ -25,10 +25,12 @@ def test_dry_run_prints_the_readme_commands():
         assert re.search(re.escape(script) + r"\s+" + r"\s+".join(map(re.escape, args[:2])), block), command
 
 
-def test_a_failing_step_stops_the_run_with_its_status(tmp_path, monkeypatch):
+def test_a_failing_step_stops_the_run_with_its_status(tmp_path, monkeypatch, capsys):
     from twostream.quickstart import run_steps
 
     monkeypatch.chdir(tmp_path)
-    rc = run_steps([[str(REPO / "tools" / "train.py"), "--config", "no_such_config.yaml"],
-                    [str(REPO / "tools" / "eval.py"), "--checkpoint", "never_run"]])
+    rc = run_steps([("train", ["--config", "no_such_config.yaml"]), ("eval", ["--checkpoint", "never_run"])])
     assert rc == 2  # the config error of the first step (one line, exit 2); the second never ran
+    out = capsys.readouterr()
+    assert "$ python tools/train.py --config no_such_config.yaml" in out.out and "never_run" not in out.out
+    assert "error: no_such_config.yaml: config file not found" in out.err
