@@ -413,7 +413,7 @@ def model_card(predictor: Predictor, info: ModelInfo, *, repo_id: str | Path | N
              f'model = SceneClassifier.from_pretrained("{name}")', 'result = model.predict("photo.jpg", topk=3)',
              "print(result.scenes)             # [(scene, probability), ...], most probable first",
              "print(result.graph.num_nodes)    # the scene graph the classifier saw", "```", "",
-             "From the command line (`pip install twostream` gives the `twostream` command; in a checkout, "
+             "From the command line (installing twostream gives the `twostream` command; in a checkout, "
              "`python tools/infer.py` is the same): `twostream infer photo.jpg --checkpoint " + name + "`; in the "
              "browser: `twostream demo --checkpoint " + name + "`.", "", "## Model", ""]
     body += _config_table(predictor, info)

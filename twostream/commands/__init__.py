@@ -1,6 +1,6 @@
 """The ``twostream`` console command: one subcommand per tool, with the parsers of ``tools/*.py``.
 
-``pip install twostream`` puts ``twostream`` on the PATH (``[project.scripts]`` in pyproject.toml); in a checkout
+Installing the package (``pip install .``) puts ``twostream`` on the PATH (``[project.scripts]`` in pyproject.toml); in a checkout
 ``python tools/<tool>.py`` runs the same code, with the same arguments:
 
     twostream train --config swin_gat.yaml              python tools/train.py --config swin_gat.yaml

@@ -4,7 +4,7 @@
     python tools/demo.py --checkpoint exports/quickstart --port 8000
     python tools/demo.py --checkpoint user/twostream-model --share    # a Hub id; --share: a public gradio.live link
 
-Needs the demo extra (gradio): pip install "twostream[demo]", or pip install -e ".[demo]" in a checkout. The page
+Needs the demo extra (gradio: pip install -e ".[demo]" in a checkout, pip install "gradio>=6" elsewhere). The page
 listens on 127.0.0.1 (this machine only) unless --host says otherwise. Its API endpoint /predict takes an image and
 returns the scene label, the overlay, the panel, the viewer and the prediction JSON
 (gradio_client.Client(url).predict(handle_file(path), api_name="/predict")).
@@ -41,8 +41,8 @@ def main(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, no version check: works offline
     if importlib.util.find_spec("gradio") is None:
-        raise ImportError("the demo needs gradio: pip install 'twostream[demo]' (in a checkout: "
-                          "pip install -e '.[demo]')")
+        raise ImportError("the demo needs gradio, the demo extra: pip install -e '.[demo]' in a checkout, "
+                          "pip install 'gradio>=6' elsewhere")
     if args.topk < 1:
         get_args_parser().error("--topk must be at least 1")
     from twostream.api import SceneClassifier

@@ -7,7 +7,7 @@
 photos/<scene>/*.jpg (or photos/train/<scene>/ and photos/val/<scene>/); masks/ mirrors photos/ with one label PNG per
 image (or holds them all in one folder); classes.csv has the columns id,name (and r,g,b for colour-coded masks).
 Every file is checked first; each problem is printed on one line naming its file (sizes, unknown ids, missing
-masks, ...) and nothing is written (exit status 1). See datasets/README.md, "Bring your own data".
+masks, ...) and nothing is written (exit status 1). See docs/data.md, "Bring your own data".
 """
 
 from __future__ import annotations
@@ -52,5 +52,5 @@ def main(args: argparse.Namespace) -> int:
                              check_only=args.check_only, overwrite=args.overwrite)
     print(report.format(max_lines=args.max_lines))
     if report.ok and report.written:
-        print(f"next: train on it as datasets/README.md (\"Bring your own data\") shows, with data.root={args.out}")
+        print(f"next: train on it as docs/data.md (\"Bring your own data\") shows, with data.root={args.out}")
     return 0 if report.ok else 1
