@@ -1,7 +1,7 @@
 """The ``twostream`` console command: one subcommand per tool, with the parsers of ``tools/*.py``.
 
-Installing the package (``pip install .``) puts ``twostream`` on the PATH (``[project.scripts]`` in pyproject.toml); in a checkout
-``python tools/<tool>.py`` runs the same code, with the same arguments:
+Installing the package (``pip install .``) puts ``twostream`` on the PATH (``[project.scripts]`` in pyproject.toml);
+in a checkout ``python tools/<tool>.py`` runs the same code, with the same arguments:
 
     twostream train --config swin_gat.yaml              python tools/train.py --config swin_gat.yaml
     twostream infer photo.jpg --checkpoint runs/x       python tools/infer.py photo.jpg --checkpoint runs/x
