@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.twostream-installed
+DOCS_STAMP := $(VENV)/.twostream-docs-installed
 # An optional prebuilt detectron2 wheel (see ../shared/wheels/README.md); detectron2 is not on PyPI.
 D2_WHEEL := $(firstword $(wildcard ../shared/wheels/detectron2-*.whl))
 
-.PHONY: setup browser test lint demo clean-demo
+.PHONY: setup browser test lint docs demo clean-demo
 
 setup: $(STAMP)
 
@@ -29,8 +30,18 @@ browser:
 lint: setup
 	$(BIN)/ruff check .
 
-# The test suite (CI runs exactly this through .ci/run).
-test: setup browser
+# The documentation site (mkdocs-material + mkdocstrings: the docs extra) from docs/ and mkdocs.yml into site/
+# (git-ignored); --strict fails on a broken link or anchor. Only `make docs` and `make test` install the extra.
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "docs built: site/index.html"
+
+# The test suite (CI runs exactly this through .ci/run); tests/test_docs.py builds the docs site too (seconds).
+test: setup $(DOCS_STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

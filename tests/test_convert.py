@@ -1,4 +1,4 @@
-"""tools/prepare_dataset.py: datasets/README.md's "Bring your own data" followed on a tiny folder per scene with 0-based
+"""tools/prepare_dataset.py: docs/data.md's "Bring your own data" followed on a tiny folder per scene with 0-based
 masks (convert -> check -> train the segmenter -> cache its graphs -> train the classifier, two epochs each -> eval ->
 infer), the custom class table carried into every checkpoint; and each input mistake named on one line."""
 

@@ -64,7 +64,7 @@ def test_min_count_and_all(train, scenes):
     assert len(v) == 16 and all(counts[n] >= 100 for n in v.names)  # 16 in training alone
     assert min(counts[n] for n in v.names) == 107 and "game_room" not in v.names  # game_room has 99
     both = Counter(scenes.values())
-    assert sum(1 for c in both.values() if c >= 100) == 20  # the README's 20 counts both splits
+    assert sum(1 for c in both.values() if c >= 100) == 20  # docs/data.md's 20 counts both splits
     assert len(SceneVocabulary.build(train, mode="all")) == 1040
     with pytest.raises(ValueError, match="no scene has at least min_count=5000 training images; the most "
                                          "frequent has 2038"):

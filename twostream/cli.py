@@ -1,4 +1,5 @@
-"""What every tool in tools/ shares: logging set-up and turning user mistakes into one line and a non-zero exit."""
+"""What every tool (``tools/*.py``, ``twostream <command>``) shares: logging set-up and turning user mistakes into one
+line and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import logging
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from twostream.logger import setup_logging
 
@@ -24,9 +25,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, CheckpointError, TrainingError, DataError, ValueError, OSError, ImportError)
 
 
-def run_cli(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], int]) -> int:
-    """Parse arguments, set up logging, run ``main``; a known user error prints ``error: <one line>`` and returns 2."""
-    args = get_parser().parse_args()
+def run_cli(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], int],
+            argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), set up logging, run ``main``; a known user error prints
+    ``error: <one line>`` and returns 2. ``tools/*.py`` and the ``twostream`` command (:mod:`twostream.commands`) run
+    every tool through it."""
+    args = get_parser().parse_args(None if argv is None else list(argv))
     setup_logging(getattr(args, "log_level", "INFO"))
     from twostream.allocator import tune_allocator
 

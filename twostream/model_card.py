@@ -413,8 +413,9 @@ def model_card(predictor: Predictor, info: ModelInfo, *, repo_id: str | Path | N
              f'model = SceneClassifier.from_pretrained("{name}")', 'result = model.predict("photo.jpg", topk=3)',
              "print(result.scenes)             # [(scene, probability), ...], most probable first",
              "print(result.graph.num_nodes)    # the scene graph the classifier saw", "```", "",
-             "From the command line: `python tools/infer.py photo.jpg --checkpoint " + name + "`; in the browser: "
-             "`python tools/demo.py --checkpoint " + name + "`.", "", "## Model", ""]
+             "From the command line (installing twostream gives the `twostream` command; in a checkout, "
+             "`python tools/infer.py` is the same): `twostream infer photo.jpg --checkpoint " + name + "`; in the "
+             "browser: `twostream demo --checkpoint " + name + "`.", "", "## Model", ""]
     body += _config_table(predictor, info)
     body += ["", "## Scene vocabulary", "", f"Mode `{d.scenes.mode}`" + (
         f", images of unlisted scenes: `{d.scenes.unlisted}`" if d.scenes.mode != "all" else "") +

@@ -32,6 +32,7 @@ from twostream.benchmark.training import (
     bench_train_step,
     prepare_training_data,
 )
+from twostream.config import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class BenchmarkOptions:
     workers: tuple[int, ...] = (0, 1, 2)
     loader_batches: int = 10
     builder_table: bool = True
-    config_dir: Path = REPO / "configs"
+    config_dir: Path = CONFIG_DIR  # the shipped configs (the checkout's configs/ in a checkout)
     models: tuple[ModelSpec, ...] = DEFAULT_MODELS
     seed: int = 0
     overrides: tuple[str, ...] = ()

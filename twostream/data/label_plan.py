@@ -44,8 +44,8 @@ def read_input_classes(path: str | Path) -> InputClasses:
     """Read ``id,name[,r,g,b][,stuff]`` (header required; any order of rows, any numbering).
 
     Raises:
-        ValueError: one line naming the file and the row: a missing column, a non-integer, negative or repeated id,
-        a repeated or empty name, a colour outside 0..255 or used twice.
+        ValueError: one line naming the file and the row: a missing column, a non-integer, negative or repeated
+            id, a repeated or empty name, a colour outside 0..255 or used twice.
     """
     path = Path(path)
     if not path.is_file():

@@ -211,13 +211,15 @@ COMMAND_FILE = "command.txt"  # the command lines that trained a run (model card
 def record_command(run_dir: str | Path, argv: Sequence[str] | None = None) -> Path | None:
     """Append the command line that runs now (``python tools/train.py --config ...``) to ``<run_dir>/command.txt``.
 
-    One line per distinct command: resuming with the same command adds nothing, a changed one (more epochs) is
-    appended. Only rank 0 writes (``RANK`` unset or 0). Returns the file, or ``None`` on other ranks.
+    ``argv`` is ``sys.argv``-like (default: ``sys.argv``): a script and its arguments, recorded after ``python``, or
+    the console command's words (``["twostream", "train", ...]``), recorded as they are. One line per distinct
+    command: resuming with the same command adds nothing, a changed one (more epochs) is appended. Only rank 0 writes
+    (``RANK`` unset or 0). Returns the file, or ``None`` on other ranks.
     """
     if int(os.environ.get("RANK", "0") or 0) != 0:
         return None
     argv = list(sys.argv if argv is None else argv)
-    line = shlex.join(["python", *argv])
+    line = shlex.join(argv if argv[:1] == ["twostream"] else ["python", *argv])
     path = Path(run_dir) / COMMAND_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = read_commands(path.parent)

@@ -126,8 +126,9 @@ class Backbone(nn.Module):
     ``(B, out_channels[i], H / strides[i], W / strides[i])``; H and W divisible by 32.
 
     Attributes:
-        out_channels: channels of each level; strides: ``[4, 8, 16, 32]``; mean, std: the RGB normalisation of the
-        weights (timm's pretrained config), also registered as ``(1, 3, 1, 1)`` buffers ``pixel_mean``/``pixel_std``.
+        out_channels: channels of each level; strides: ``[4, 8, 16, 32]``; mean, std: the RGB normalisation of
+            the weights (timm's pretrained config), also registered as ``(1, 3, 1, 1)`` buffers
+            ``pixel_mean``/``pixel_std``.
     """
 
     out_channels: list[int]

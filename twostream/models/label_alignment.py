@@ -1,5 +1,8 @@
 """Label alignment: a published checkpoint's class names onto the project's class table.
 
+This docstring is where the rule is written down; the documentation renders it (docs/pretrained-segmenters.md links
+to it) instead of repeating it.
+
 A segmentation checkpoint numbers its classes its own way. ADE20K checkpoints on the Hugging Face hub count 150
 classes from ``0 = wall``; ADEChallengeData2016, and so the project's table (:func:`twostream.data.classes.ade20k150`),
 counts them from ``1 = wall`` with ``0 = other``. Shifting by one because "it is ADE" breaks silently on a checkpoint
@@ -21,12 +24,20 @@ with another order or another label set, so the mapping is decided by *names*:
    classes, the segmenter *aligns*: its outputs use the project table, checkpoint channel ``i`` feeds project channel
    ``mapping[i]`` (``i + 1`` for every ADE-150 checkpoint), project classes without a source get :data:`LOW_LOGIT`,
    and the few unmatched checkpoint classes are folded into ``other`` (log-sum-exp of their logits) and logged by name.
-   Otherwise the segmenter keeps its **own table**: ``0 = other`` followed by the checkpoint's names in order
-   (channel ``i`` -> label ``i + 1``), a generated palette and the stuff flags that are known. Label 0 stays ``other``
-   in every table, so scene-graph building (``ignore_label0``) and ignore handling mean the same everywhere.
+   Otherwise the segmenter keeps its **own table** (a COCO or Cityscapes checkpoint, say), named ``hf:<model>`` or
+   ``d2:<dataset>``: ``0 = other`` followed by the checkpoint's names in order (channel ``i`` -> label ``i + 1``), a
+   generated palette and the stuff flags that are known (from detectron2's metadata, or from the ADE class of the
+   same name); the names that did not match are logged. That table travels with the segmenter into the scene graphs,
+   the GNN's class embedding, the JSON output (embedded in the file) and the visualizer. Label 0 stays ``other`` in
+   every table, so scene-graph building (``ignore_label0``) and ignore handling mean the same everywhere.
 
 ``other`` has no source in an ADE-150 checkpoint (they never predict it): it gets :data:`LOW_LOGIT`, a finite
 ``-1e4`` rather than ``-inf`` so that softmax, cross-entropy and fp16 stay free of NaN.
+
+The decision is kept on the segmenter: ``segmenter.alignment`` is a :class:`LabelAlignment` (``mapping``, ``aligned``,
+``matched_fraction``, ``unmatched``). The mapping is tested on the real ADE20K names: the hub's ``id2label``
+(``'wall' 0 -> 1``, ``'building' 1 -> 2``, ... ``'flag' 149 -> 150``), objectInfo150.txt / .csv and detectron2's
+ADE20K list, each in its own order and shuffled (``tests/test_hf_segmenter.py``, ``tests/test_d2_segmenter.py``).
 """
 
 from __future__ import annotations
