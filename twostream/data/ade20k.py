@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from twostream.config import Config
+from twostream.data.bad_items import SubstitutesBadItems
 from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150, dataset_class_table
 from twostream.data.io import DataError, load_image, load_label, read_instances, read_scene_categories
 from twostream.data.transforms import InstanceMasks, build_transforms, instance_targets
@@ -49,7 +50,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # ADE20K ships .jpg; own data in t
 SCENE_FILE = "sceneCategories.txt"
 INSTANCE_DIR = "annotations_instance"
 _MAX_NAMED = 10  # problems of one kind named one by one in the log before the rest are summarised
-_MAX_SUBSTITUTES = 20  # consecutive bad items tolerated before giving up (the dataset is then broken, not noisy)
 
 # (image, mask) -> (image, mask), or with instances (image, mask, InstanceMasks) -> (image, mask, masks)
 Transform = Callable[..., tuple[torch.Tensor, ...]]
@@ -126,7 +126,7 @@ def read_checked_instances(path: Path, size: tuple[int, int], class_table: Class
     return inst
 
 
-class ADE20KDataset(Dataset):
+class ADE20KDataset(SubstitutesBadItems, Dataset):
     """One split of an ADEChallengeData2016-layout folder.
 
     Args:
@@ -292,24 +292,9 @@ class ADE20KDataset(Dataset):
             item["instances"] = instance_targets(inputs[2], torch.from_numpy(inst["labels"]))
         return item
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        index %= len(self)
-        for attempt in range(min(_MAX_SUBSTITUTES, len(self))):
-            i = (index + attempt) % len(self)
-            if i in self.bad:
-                continue
-            try:
-                return self._item(i)
-            except DataError as e:
-                if not self.skip_bad:
-                    raise
-                self.bad[i] = str(e)
-                self.skipped += 1
-                log.warning("skipping bad item: %s", e)
-        raise DataError(f"{self.root / 'images' / self.split}: {min(_MAX_SUBSTITUTES, len(self))} consecutive items "
-                        f"from index {index} are unreadable; run tools/prepare_ade20k.py --check on the dataset")
+    def _unreadable_message(self, index: int, count: int) -> str:
+        return (f"{self.root / 'images' / self.split}: {count} consecutive items from index {index} are unreadable; "
+                "run tools/prepare_ade20k.py --check on the dataset")
 
     # ---------------------------------------------------------------------------------------------------- reports
 

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from twostream.data.bad_items import SubstitutesBadItems
 from twostream.data.io import DataError, load_image
 from twostream.data.vocabulary import SceneVocabulary
 
@@ -32,7 +33,6 @@ __all__ = ["ImageListDataset", "decode", "encode", "warn_list"]
 log = logging.getLogger(__name__)
 
 _MAX_NAMED = 10  # problems of one kind named one by one in the log before the rest are summarised
-_MAX_SUBSTITUTES = 20  # consecutive bad items tolerated before giving up (the dataset is then broken, not noisy)
 
 
 def encode(strings: list[str]) -> np.ndarray:
@@ -51,7 +51,7 @@ def warn_list(what: str, names: list[str]) -> None:
         log.warning("... and %d more: %s", len(names) - _MAX_NAMED, what)
 
 
-class ImageListDataset(Dataset):
+class ImageListDataset(SubstitutesBadItems, Dataset):
     """Items from a list of image files under ``image_root``, each with a scene name (or none).
 
     Args:
@@ -181,21 +181,6 @@ class ImageListDataset(Dataset):
             item["sem_seg"] = inputs[1].as_subclass(torch.Tensor).long()
         return item
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        index %= len(self)
-        for attempt in range(min(_MAX_SUBSTITUTES, len(self))):
-            i = (index + attempt) % len(self)
-            if i in self.bad:
-                continue
-            try:
-                return self._item(i)
-            except DataError as e:
-                if not self.skip_bad:
-                    raise
-                self.bad[i] = str(e)
-                self.skipped += 1
-                log.warning("skipping bad item: %s", e)
-        raise DataError(f"{self.image_root}: {min(_MAX_SUBSTITUTES, len(self))} consecutive items of {self.what} "
-                        f"from index {index} are unreadable; check the files")
+    def _unreadable_message(self, index: int, count: int) -> str:
+        return (f"{self.image_root}: {count} consecutive items of {self.what} from index {index} are unreadable; "
+                "check the files")
