@@ -33,7 +33,9 @@ def server(tmp_path_factory):
     run = shared_run(tmp_path_factory)
     port = free_port()
     log = tmp_path_factory.mktemp("demo") / "server.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
+    # Without PYTHONUNBUFFERED, as a user's shell and CI have it: the demo must flush its URL line itself.
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+           "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio-tmp"))}
     with log.open("w") as f:

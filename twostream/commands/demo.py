@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from twostream.commands import command_parser
 
@@ -53,5 +54,7 @@ def main(args: argparse.Namespace) -> int:
     logging.getLogger("twostream.demo").info("%s", model)
     from twostream.demo import launch_demo
 
+    # A server's output is read while it runs (a log file, a supervisor): the URL line must not wait in a buffer.
+    sys.stdout.reconfigure(line_buffering=True)
     launch_demo(model, host=args.host, port=args.port, share=args.share, topk=args.topk)
     return 0
