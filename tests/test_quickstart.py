@@ -47,3 +47,20 @@ def test_the_console_form_prints_twostream_commands_with_shipped_config_names(ca
                            "$ twostream train --config quickstart.yaml",
                            "$ twostream eval --checkpoint runs/quickstart"]
     assert printed[5].startswith("$ twostream infer ") and printed[5].endswith("--save all")
+
+
+def test_every_step_runs_in_turn_when_each_succeeds(tmp_path, monkeypatch, capsys):
+    """The quick start goes on after a step that succeeded: the first step's success (make-synthetic) is not
+    mistaken for a failure, and the next step runs on what it wrote."""
+    from twostream.quickstart import run_steps
+
+    monkeypatch.chdir(tmp_path)
+    rc = run_steps([("make-synthetic", ["--out", "data", "--train-per-scene", "1", "--val-per-scene", "1",
+                                        "--size", "32", "--scenes", "bedroom", "kitchen"]),
+                    ("prepare-ade20k", ["--root", "data", "--check"])])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "$ python tools/make_synthetic.py --out data" in out
+    assert "$ python tools/prepare_ade20k.py --root data" in out
+    assert out.count("s)\n") == 2 and "exit status" not in out  # both timed, neither failed
+    assert (tmp_path / "data" / "sceneCategories.txt").is_file()

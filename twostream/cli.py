@@ -38,7 +38,7 @@ def run_cli(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[a
     # torch_geometric's import calls torch.jit.script, which torch 2.9+ deprecates: noise for every tool run.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     try:
-        return main(args)
+        status = main(args)
     except _user_errors() as e:
         logging.getLogger("twostream").debug("details", exc_info=True)  # --log-level DEBUG shows the traceback
         print(f"error: {e}", file=sys.stderr)
@@ -46,3 +46,5 @@ def run_cli(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[a
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    # A main that returns nothing succeeded, as sys.exit(None) does: a caller comparing with 0 must not stop there.
+    return 0 if status is None else int(status)

@@ -57,3 +57,4 @@ def main(args: argparse.Namespace) -> None:
     except ValueError as e:
         logging.getLogger("make_synthetic").error("%s", e)
         raise SystemExit(2) from None
+    return 0
