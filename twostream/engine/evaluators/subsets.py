@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from twostream.engine.evaluators.base import Evaluator, sum_over_ranks
+from twostream.engine.evaluators.base import Evaluators, sum_over_ranks
 from twostream.engine.evaluators.scenes import SceneEvaluator
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,9 @@ def read_subsets(root: str | Path, split: str, split_stems: Collection[str] | Ca
     return subsets
 
 
-class SubsetEvaluator(Evaluator):
-    """Scene metrics of each named subset of images (by ``inputs["name"]``), one reduction for all of them.
+class SubsetEvaluator(Evaluators):
+    """Scene metrics of each named subset of images (by ``inputs["name"]``): a :class:`SceneEvaluator` per subset, fed
+    together as :class:`Evaluators` are, with one reduction for all of them.
 
     Args:
         subsets: ``{name: image stems}``.
@@ -122,17 +123,9 @@ class SubsetEvaluator(Evaluator):
 
     def __init__(self, subsets: Mapping[str, Collection[str]], names: Sequence[str], topk: int = 5,
                  device: torch.device | str = "cpu") -> None:
-        self.evaluators = {name: SceneEvaluator(names, topk, device, images=stems) for name, stems in subsets.items()}
+        super().__init__({name: SceneEvaluator(names, topk, device, images=stems) for name, stems in subsets.items()})
 
-    def reset(self) -> None:
-        for evaluator in self.evaluators.values():
-            evaluator.reset()
-
-    def process(self, inputs: dict, outputs: dict) -> None:
-        for evaluator in self.evaluators.values():
-            evaluator.process(inputs, outputs)
-
-    def evaluate(self) -> dict:
+    def evaluate(self) -> dict:  # one reduction of every subset's state, not one per subset
         if not self.evaluators:
             return {}
         states = sum_over_ranks(torch.stack([e.state() for e in self.evaluators.values()]))
