@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,26 @@ def _restore_twostream_log_levels():
     yield
     for name in levels():
         logging.getLogger(name).setLevel(before.get(name, logging.NOTSET))
+
+
+def run_tool(script: str | Path, *args, capsys) -> tuple[int, str, str]:
+    """Run a ``tools/`` script (a path, or relative to the repository) as ``__main__`` in this process, as
+    ``python tools/x.py ARGS`` would; -> (exit status, stdout, stderr). The command line, the root logger's handlers
+    (the tool pointed them at the captured stderr) and every logger's level (tools quiet some) are put back."""
+    argv, root = sys.argv, logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    sys.argv = [str(REPO / script), *map(str, args)]
+    try:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+        rc = 0
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = argv
+        root.handlers[:], root.level = handlers, level
+        for name, lg in logging.root.manager.loggerDict.items():
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(name, logging.NOTSET))
+    out, err = capsys.readouterr()
+    return rc, out, err

@@ -5,14 +5,11 @@ baseline, which reads no segmenter at all."""
 from __future__ import annotations
 
 import json
-import logging
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_classifier_config
+from conftest import run_tool, tiny_classifier_config
 
 from twostream.config import ConfigError, config_to_dict, load_config, save_config
 from twostream.data.classes import ade20k150
@@ -32,28 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 # configs/seg/quickstart.yaml at test size: the architecture keys a classifier must learn from the checkpoint
 SEG_ARCH = ["model.segmenter.backbone=resnet10t", "model.segmenter.fpn_channels=16",
             "model.segmenter.head_channels=8"]
-
-
-def run_tool(script: str, *args, capsys) -> tuple[int, str, str]:
-    """Run a tools/ script as ``__main__`` in this process; -> (exit status, stdout, stderr). Logging comes back as
-    it was (tools/infer.py quietens twostream.models, which later tests' caplog would miss)."""
-    argv, root = sys.argv, logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
-    sys.argv = [str(REPO / script), *map(str, args)]
-    try:
-        runpy.run_path(str(REPO / script), run_name="__main__")
-        rc = 0
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else int(e.code is not None)
-    finally:
-        sys.argv = argv
-        root.handlers[:], root.level = handlers, level
-        for name, lg in logging.root.manager.loggerDict.items():
-            if isinstance(lg, logging.Logger):
-                lg.setLevel(levels.get(name, logging.NOTSET))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,12 @@ stores, the PNG panel and the HTML viewer, and the benchmark row.
 from __future__ import annotations
 
 import json
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_tool
 from infer_fixtures import SCENES, make_run, photos, shared_run
 
 from twostream.data.classes import ade20k150
@@ -134,37 +133,13 @@ def test_image_only_and_segmenter_only_predictors(tmp_path, explained, predictor
 # ---- tools/infer.py and outputs ----------------------------------------------------------------------------------
 
 
-def _run_tool(script: Path, *args, capsys) -> tuple[int, str, str]:
-    import logging
-
-    argv, root = sys.argv, logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    # the tool quiets twostream.models (and others) for its run: put every level back for the tests after this one
-    levels = {name: logging.getLogger(name).level for name in list(logging.Logger.manager.loggerDict)
-              if name.startswith("twostream")}
-    sys.argv = [str(script), *map(str, args)]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-        rc = 0
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else int(e.code is not None)
-    finally:
-        sys.argv = argv
-        root.handlers[:], root.level = handlers, level
-        for name in list(logging.Logger.manager.loggerDict):
-            if name.startswith("twostream"):
-                logging.getLogger(name).setLevel(levels.get(name, logging.NOTSET))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def test_infer_tool_explain_writes_cam_json_and_a_because_line(run, tmp_path, capsys):
     from PIL import Image
 
     image = photos()["chelsea"][::3, ::3]
     Image.fromarray(image).save(tmp_path / "cat.png")
-    rc, out, err = _run_tool(REPO / "tools" / "infer.py", tmp_path / "cat.png", "--checkpoint", run, "--out",
-                             tmp_path / "out", "--explain", "--save", "all", "--device", "cpu", capsys=capsys)
+    rc, out, err = run_tool(REPO / "tools" / "infer.py", tmp_path / "cat.png", "--checkpoint", run, "--out",
+                            tmp_path / "out", "--explain", "--save", "all", "--device", "cpu", capsys=capsys)
     assert rc == 0, err
     assert "  because:  " in out
     record = json.loads((tmp_path / "out" / "cat.json").read_text())
@@ -177,8 +152,8 @@ def test_infer_tool_explain_writes_cam_json_and_a_because_line(run, tmp_path, ca
         assert cam.size == (image.shape[1], image.shape[0])
     html = (tmp_path / "out" / "cat.html").read_text()
     assert 'class="because"' in html and 'class="cam"' in html and '"node_scores":[' in html
-    rc, out, err = _run_tool(REPO / "tools" / "infer.py", tmp_path / "cat.png", "--checkpoint", run,
-                             "--explain-scene", "library", capsys=capsys)
+    rc, out, err = run_tool(REPO / "tools" / "infer.py", tmp_path / "cat.png", "--checkpoint", run,
+                            "--explain-scene", "library", capsys=capsys)
     assert rc == 2 and err.strip().splitlines()[-1] == (f"error: scene 'library' is not in the model's vocabulary; "
                                                         f"scenes: {', '.join(SCENES)}")
 

@@ -8,15 +8,14 @@ One real subprocess covers the per-file contract end to end; the other cases run
 from __future__ import annotations
 
 import json
-import logging
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_tool
 from infer_fixtures import SCENES, photos, shared_run
 from PIL import Image
 
@@ -53,23 +52,6 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     return {"good1": root / "a" / "x.png", "good2": root / "b" / "x.jpg", "not_image": root / "notes.txt",
             "truncated": root / "truncated.jpg", "empty": root / "empty.jpg", "missing": root / "missing.jpg",
             "huge": root / "huge.png", "no_match": root / "nothing*.png"}
-
-
-def run_tool(script: Path, *args, capsys) -> tuple[int, str, str]:
-    """Run a tools/ script as ``__main__`` in this process; -> (exit status, stdout, stderr)."""
-    argv, root = sys.argv, logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    sys.argv = [str(script), *map(str, args)]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-        rc = 0
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else int(e.code is not None)
-    finally:
-        sys.argv = argv
-        root.handlers[:], root.level = handlers, level  # the tool pointed logging at the captured stderr
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # ---- the per-file contract, in a real process ----------------------------------------------------------------------
