@@ -101,3 +101,19 @@ def run_tool(script: str | Path, *args, capsys) -> tuple[int, str, str]:
                 lg.setLevel(levels.get(name, logging.NOTSET))
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def register_segmenter_kind(monkeypatch, name: str, cls: type) -> type:
+    """Add a segmenter kind for one test as a user would: its table entry, and its name in the config's ``kind``
+    Literal (which tests/test_config.py keeps equal to the table)."""
+    import typing
+
+    from twostream.config import SegmenterConfig
+    from twostream.models.segmenter import SEGMENTERS
+
+    monkeypatch.setitem(SEGMENTERS, name, cls)
+    hint = SegmenterConfig.__annotations__["kind"]
+    monkeypatch.setitem(SegmenterConfig.__annotations__, "kind", hint.replace("'none'", f"'{name}', 'none'")
+                        if "'none'" in hint else hint.replace('"none"', f'"{name}", "none"'))
+    assert name in typing.get_args(typing.get_type_hints(SegmenterConfig)["kind"])
+    return cls

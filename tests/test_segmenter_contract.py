@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import register_segmenter_kind
 
 from twostream.config import SegmenterConfig, load_config
 from twostream.data.classes import ade20k150
@@ -56,12 +57,7 @@ class ToySegmenter(Segmenter):
 @pytest.fixture
 def toy_kind(monkeypatch):
     """The table entry (and the kind's name in the config, which the Literal test keeps equal to the table)."""
-    monkeypatch.setitem(SEGMENTERS, "toy", ToySegmenter)
-    hint = SegmenterConfig.__annotations__["kind"]
-    monkeypatch.setitem(SegmenterConfig.__annotations__, "kind", hint.replace("'none'", "'toy', 'none'")
-                        if "'none'" in hint else hint.replace('"none"', '"toy", "none"'))
-    assert "toy" in typing.get_args(typing.get_type_hints(SegmenterConfig)["kind"])
-    return ToySegmenter
+    return register_segmenter_kind(monkeypatch, "toy", ToySegmenter)
 
 
 def toy_labels(images: torch.Tensor) -> torch.Tensor:

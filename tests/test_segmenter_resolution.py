@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import register_segmenter_kind
 
 from twostream.config import SegmenterConfig
 from twostream.data.classes import ade20k150
 from twostream.data.io import load_image, load_label
 from twostream.graph.builder import SceneGraphBuilder
 from twostream.models.label_alignment import LOW_LOGIT
-from twostream.models.segmenter import SEGMENTERS
 from twostream.models.segmenter_base import Segmenter
 
 TABLE = ade20k150()
@@ -89,12 +88,7 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture
 def oracle(monkeypatch, root):
     """The table entry and the kind's name in the config (as tests/test_segmenter_contract.py adds a kind)."""
-    monkeypatch.setitem(SEGMENTERS, "oracle", OracleSegmenter)
-    hint = SegmenterConfig.__annotations__["kind"]
-    monkeypatch.setitem(SegmenterConfig.__annotations__, "kind", hint.replace("'none'", "'oracle', 'none'")
-                        if "'none'" in hint else hint.replace('"none"', '"oracle", "none"'))
-    assert "oracle" in typing.get_args(typing.get_type_hints(SegmenterConfig)["kind"])
-    return OracleSegmenter
+    return register_segmenter_kind(monkeypatch, "oracle", OracleSegmenter)
 
 
 def config(tiny_config, root: Path, out: Path, *extra: str):
@@ -335,12 +329,9 @@ def test_keep_ratio_stores_each_image_at_its_own_shape(monkeypatch, tiny_config,
     from twostream.data.transforms import segmenter_transforms
     from twostream.engine.graph_caches import build_split_caches
 
-    monkeypatch.setitem(SEGMENTERS, "brightest", Brightest)
     monkeypatch.setattr(Brightest, "from_config", classmethod(lambda cls, cfg, table: cls()))
     monkeypatch.setattr(Brightest, "cache_identity", classmethod(lambda cls, cfg: "brightest"))
-    hint = SegmenterConfig.__annotations__["kind"]
-    monkeypatch.setitem(SegmenterConfig.__annotations__, "kind", hint.replace("'none'", "'brightest', 'none'")
-                        if "'none'" in hint else hint.replace('"none"', '"brightest", "none"'))
+    register_segmenter_kind(monkeypatch, "brightest", Brightest)
     root = tmp_path / "wide"
     make_synthetic(root, train_per_scene=1, val_per_scene=2, size=(48, 96), seed=1, scenes=["bedroom", "street"])
     cfg = tiny_config(root, tmp_path / "run", "model.segmenter.kind=brightest", "graph.source=online",
