@@ -351,26 +351,34 @@ def _relation_graphs(seeds: range) -> tuple[list, list[int], list[str]]:
     return graphs, labels, names
 
 
+def _trained_relation_gat(graphs: list, labels: list[int]) -> TwoStreamClassifier:
+    """A tiny graph-only GAT (class-only inputs, no edge attributes) trained for 60 full-batch steps on ``graphs``;
+    returned in eval mode."""
+    from torch_geometric.data import Batch
+
+    torch.manual_seed(0)
+    model = TwoStreamClassifier(num_scenes=2, graph_encoder=GraphEncoder(
+        len(TABLE), conv="gat", hidden_dim=16, heads=2, num_layers=2, class_embed_dim=8, dropout=0.0,
+        use_edge_attr=False), head_dropout=0.0)
+    batch, y = Batch.from_data_list(graphs), torch.tensor(labels)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    images = torch.zeros(len(graphs), 3, 8, 8)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(images, batch)["logits"], y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
 def test_randomisation_test_separates_trained_from_random_weights():
     """A tiny graph-only GAT trained on relation-only graphs points at the deciding contact; the same architecture
     with random weights does not (Adebayo et al.)."""
     from torch_geometric.data import Batch
 
     scenes = sorted(RELATION_SCENES)
-    torch.manual_seed(0)
-    model = TwoStreamClassifier(num_scenes=2, graph_encoder=GraphEncoder(
-        len(TABLE), conv="gat", hidden_dim=16, heads=2, num_layers=2, class_embed_dim=8, dropout=0.0,
-        use_edge_attr=False), head_dropout=0.0)
     train, labels, _ = _relation_graphs(range(100, 124))
-    batch, y = Batch.from_data_list(train), torch.tensor(labels)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    images = torch.zeros(len(train), 3, 8, 8)
-    for _ in range(60):
-        loss = torch.nn.functional.cross_entropy(model(images, batch)["logits"], y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    model = _trained_relation_gat(train, labels)
     val, val_labels, names = _relation_graphs(range(12))
     evaluator = ExplanationEvaluator(model, scenes, class_table=TABLE, steps=16, relation_only=names,
                                      relation_scenes=RELATION_SCENES)
@@ -453,19 +461,8 @@ def test_counterfactual_hit_rate_credits_a_decision_by_an_absent_contact():
         return out
 
     scenes = sorted(RELATION_SCENES)
-    torch.manual_seed(0)
-    model = TwoStreamClassifier(num_scenes=2, graph_encoder=GraphEncoder(
-        len(TABLE), conv="gat", hidden_dim=16, heads=2, num_layers=2, class_embed_dim=8, dropout=0.0,
-        use_edge_attr=False), head_dropout=0.0)
     train, labels, _ = _relation_graphs(range(100, 124))
-    batch, y = Batch.from_data_list(absent_chair_table(train, labels)), torch.tensor(labels)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = torch.nn.functional.cross_entropy(model(torch.zeros(len(train), 3, 8, 8), batch)["logits"], y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    model = _trained_relation_gat(absent_chair_table(train, labels), labels)
     val, val_labels, names = _relation_graphs(range(12))
     val = absent_chair_table(val, val_labels)
     evaluator = ExplanationEvaluator(model, scenes, class_table=TABLE, steps=8, relation_only=names,
