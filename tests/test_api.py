@@ -4,6 +4,7 @@ trips (identical predictions, and identical to tools/infer.py), the saved folder
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import subprocess
@@ -215,19 +216,37 @@ def test_hub_download_and_push_use_the_same_folder(model, photo, tmp_path, monke
             uploaded["repo_id"] = repo_id
             return f"https://huggingface.co/{repo_id}/commit/0"
 
+    from twostream.explain.streams import compute_stream_means
+
+    torch.manual_seed(0)  # stream means as training stores them (the shared run has none), so the Hub carries them
+    means = compute_stream_means(model.predictor.model, [{"image": torch.rand(2, 3, 64, 64)}])
+    monkeypatch.setattr(model.predictor, "stream_means", means)
     monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeApi)
     assert model.push_to_hub("someone/twostream-test").endswith("/commit/0")
     hub_folder = tmp_path / "hub" / "someone/twostream-test"
     assert 'SceneClassifier.from_pretrained("someone/twostream-test")' in (hub_folder / "README.md").read_text()
 
     def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        """Like the real one: only the files allow_patterns names reach the local snapshot."""
         assert "model.safetensors" in allow_patterns and "config.yaml" in allow_patterns
-        return str(tmp_path / "hub" / repo_id)
+        snapshot = tmp_path / "snapshot" / repo_id
+        snapshot.mkdir(parents=True)
+        for file in (tmp_path / "hub" / repo_id).iterdir():
+            if any(fnmatch.fnmatch(file.name, pattern) for pattern in allow_patterns):
+                shutil.copy2(file, snapshot / file.name)
+        return str(snapshot)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     from_hub = SceneClassifier.from_pretrained("someone/twostream-test", device="cpu")
     assert from_hub.info.source == "someone/twostream-test"
     same_prediction(from_hub.predict(photo), model.predict(photo))
+    # every file the saved folder holds comes down, the stream means of explanations too
+    assert sorted(p.name for p in (tmp_path / "snapshot" / "someone/twostream-test").iterdir()) == \
+        sorted(p.name for p in hub_folder.iterdir())
+    assert from_hub.predictor.stream_means is not None
+    for name, mean in means.items():
+        if isinstance(mean, torch.Tensor):
+            assert torch.equal(from_hub.predictor.stream_means[name], mean), name
 
 
 def test_bad_sources_are_one_line(model, tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from huggingface_hub import ModelHubMixin
 
-from twostream.engine.checkpoint import CheckpointError
+from twostream.engine.checkpoint import EXPORT_FILES, STREAM_MEANS_FILE, CheckpointError
 from twostream.inference import Prediction, Predictor
 from twostream.model_card import HUB_FORMAT, REPO_URL, TAGS, ModelInfo, collect_info, hub_config, model_card
 
@@ -42,9 +42,10 @@ log = logging.getLogger(__name__)
 __all__ = ["ImageInput", "SceneClassifier", "as_rgb", "write_model_folder"]
 
 ImageInput = Any  # str | Path | PIL.Image.Image | np.ndarray | torch.Tensor (typing PIL would import it eagerly)
-# What a saved folder must hold (the export format); README.md and config.json are for the Hub, not for loading.
-REQUIRED_FILES = ("model.safetensors", "config.yaml", "vocabulary.json", "class_table.json")
-HUB_FILES = [*REQUIRED_FILES, "config.json", "README.md"]
+# What a saved folder must hold is the export format (EXPORT_FILES); a Hub download also takes the optional stream
+# means (explanations) and README.md and config.json, which are for the Hub, not for loading.
+REQUIRED_FILES = EXPORT_FILES
+HUB_FILES = [*EXPORT_FILES, STREAM_MEANS_FILE, "config.json", "README.md"]
 
 
 # --------------------------------------------------------------------------------------------------------------------

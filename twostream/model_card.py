@@ -457,5 +457,7 @@ def model_card(predictor: Predictor, info: ModelInfo, *, repo_id: str | Path | N
              "weights hold them) |",
              "| `vocabulary.json` | scene class order and training counts |",
              "| `class_table.json` | the segmenter's label set: names and colours |",
+             "| `stream_means.safetensors` | the training set's mean stream embeddings, the baseline of explanations "
+             "(absent when training recorded none) |",
              "| `config.json` | a summary for the Hub and the training record (commands, evaluation) |", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
