@@ -78,3 +78,9 @@ def test_places365_store_build_then_graph_only_and_two_stream_training(synthetic
     metrics = train(two_stream)  # images from the Places365 folders, graphs from the same stores
     ckpt = load_checkpoint(tmp_path / "two_stream" / "last.pth")
     assert metrics["num_images"] == 16 and ckpt["step"] == 8 and ckpt["vocabulary"] == sorted(SCENES)
+
+    # tools/eval.py on it reads the split through its own reader (data.format: places365), graphs from the stores
+    from twostream.engine.evaluate import evaluate_checkpoint
+
+    scored = evaluate_checkpoint(tmp_path / "two_stream", out_dir=tmp_path / "eval", device="cpu")
+    assert scored["num_images"] == 16 and 0.0 <= scored["top1"] <= 1.0  # the 16 validation images

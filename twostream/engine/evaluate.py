@@ -63,14 +63,14 @@ GRAPH_SOURCES = ("auto", "online", "gt", "store")
 
 
 def _dataset(cfg: Config, split: str, vocabulary, instances: bool = False):
-    """The split with validation transforms; annotations in the dataset's label set (ADE20K-150, or its own
-    ``class_table.csv``) whatever the model predicts."""
-    from twostream.data.ade20k import ADE20KDataset
+    """The split with validation transforms, read by the reader ``data.format`` names (as training reads it);
+    annotations in the dataset's label set (ADE20K-150, or its own ``class_table.csv``) whatever the model predicts."""
+    from twostream.data.ade20k import open_dataset
     from twostream.data.transforms import build_transforms
 
-    return ADE20KDataset(cfg.data.root, split, vocabulary, transform=build_transforms(cfg.data, train=False),
-                         skip_bad=cfg.data.skip_bad, max_items=cfg.data.max_items, instances=instances,
-                         class_table=dataset_class_table(cfg.data))
+    if instances != cfg.data.instances:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, instances=instances))
+    return open_dataset(cfg, split, vocabulary, build_transforms(cfg.data, train=False))
 
 
 class OriginalAnnotations(torch.utils.data.Dataset):
@@ -147,7 +147,11 @@ def _store_config(model_cfg: Config, cfg: Config) -> Config:
 
 def _scores_segmentation(class_table: ClassTable, cfg: Config) -> bool:
     """Segmentation and graph quality are defined when the segmenter predicts the annotations' label set (ADE20K-150,
-    or the dataset's own class_table.csv)."""
+    or the dataset's own class_table.csv), on the ADEChallengeData2016 layout: Places365 and folder data have no
+    annotations, and the original-size annotations of full ADE20K are not read back (its scenes are scored)."""
+    if cfg.data.format != "ade20k":
+        log.info("data.format %s: mIoU and graph quality are scored on the ade20k format only", cfg.data.format)
+        return False
     annotations = dataset_class_table(cfg.data)
     if tuple(class_table.names) == tuple(annotations.names):
         return True
