@@ -307,3 +307,25 @@ def _browser(tmp_path):
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     driver.set_page_load_timeout(60)
     return driver
+
+
+def test_explain_check_panel_uses_the_method_it_is_given(tmp_path, monkeypatch):
+    """tools/explain_check.py --panel draws the explanation by --explain-method, the method the check scored."""
+    import twostream.explain.explainer as explainer_module
+    from twostream.data.synthetic import make_synthetic
+    from twostream.explain.check import explain_example
+
+    root = tmp_path / "relation"
+    make_synthetic(root, train_per_scene=1, val_per_scene=2, size=64, seed=3, scenes=["living_room", "dining_room"],
+                   relation_fraction=1.0)
+    run = make_run(tmp_path / "run", f"data.root={root}")
+    used = []
+
+    class Recording(explainer_module.SceneExplainer):
+        def __init__(self, *args, method: str = "integrated_gradients", **kwargs):
+            used.append(method)
+            super().__init__(*args, method=method, **kwargs)
+
+    monkeypatch.setattr(explainer_module, "SceneExplainer", Recording)
+    panel = explain_example(run, tmp_path / "panel.png", method="saliency", width=400)
+    assert used == ["saliency"] and panel.is_file() and panel.stat().st_size > 0

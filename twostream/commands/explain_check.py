@@ -54,5 +54,6 @@ def main(args: argparse.Namespace) -> int:
         Path(args.table_out).write_text(table + "\n")
     if args.panel:
         variant, png = args.panel
-        print(f"wrote {explain_example(Path(args.out) / variant, png, scene=args.panel_scene)}")
+        panel = explain_example(Path(args.out) / variant, png, scene=args.panel_scene, method=args.explain_method)
+        print(f"wrote {panel}")
     return 0

@@ -80,14 +80,16 @@ def format_check_table(rows: Sequence[dict]) -> str:
 
 
 def explain_example(run: str | Path, out_path: str | Path, *, scene: str | None = None, stem: str | None = None,
-                    split: str | None = None, width: int = 1200, colors: int | None = 256) -> Path:
+                    split: str | None = None, width: int = 1200, colors: int | None = 256,
+                    method: str = "integrated_gradients") -> Path:
     """A panel (:func:`twostream.viz.save_panel`) explaining one validation image of a run's dataset with the
-    graph of its annotation: the first relation-only image of ``scene`` (or the image ``stem``). For the docs."""
+    graph of its annotation: the first relation-only image of ``scene`` (or the image ``stem``), by ``method`` (the
+    attribution method the check scored). For the docs."""
     from torchvision import tv_tensors
 
     from twostream.config import config_from_dict
     from twostream.data.classes import ClassTable
-    from twostream.data.io import load_image, load_label
+    from twostream.data.io import load_image, load_label, read_scene_categories
     from twostream.data.transforms import build_transforms
     from twostream.engine.checkpoint import inference_config, load_model_state, load_trained
     from twostream.explain.cam import resize_cam
@@ -108,7 +110,7 @@ def explain_example(run: str | Path, out_path: str | Path, *, scene: str | None 
     root, split = Path(cfg.data.root), split or cfg.data.val_split
     if stem is None:
         relation, _ = relation_only_names(root)
-        labels = dict(line.split() for line in (root / "sceneCategories.txt").read_text().splitlines() if line)
+        labels = read_scene_categories(root / "sceneCategories.txt")
         stems = sorted(s for s in relation if (root / "images" / split / f"{s}.jpg").is_file()
                        and (scene is None or labels.get(s) == scene))
         if not stems:
@@ -121,7 +123,8 @@ def explain_example(run: str | Path, out_path: str | Path, *, scene: str | None 
     x, mask = build_transforms(cfg.data, train=False)(
         tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label)))
     graph = SceneGraphBuilder.from_config(cfg.graph, table)(mask.as_subclass(torch.Tensor))
-    explainer = SceneExplainer(model, scenes, class_table=table, stream_means=ckpt.get("stream_means"))
+    explainer = SceneExplainer(model, scenes, class_table=table, stream_means=ckpt.get("stream_means"),
+                               method=method)
     [e] = explainer.explain(x.as_subclass(torch.Tensor)[None], [graph] if model.graph_encoder is not None else None)
     if e.cam is not None:
         e.cam = resize_cam(e.cam, (0, 0, *e.cam.shape), image.shape[:2])
