@@ -37,7 +37,8 @@ from torchvision import tv_tensors
 from twostream.config import Config
 from twostream.data.bad_items import SubstitutesBadItems
 from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150, dataset_class_table
-from twostream.data.io import DataError, load_image, load_label, read_instances, read_scene_categories
+from twostream.data.image_list import MAX_NAMED, warn_list
+from twostream.data.io import IMAGE_EXTENSIONS, DataError, load_image, load_label, read_instances, read_scene_categories
 from twostream.data.transforms import InstanceMasks, build_transforms, instance_targets
 from twostream.data.vocabulary import SceneVocabulary, build_vocabulary
 
@@ -46,20 +47,11 @@ __all__ = ["IMAGE_EXTENSIONS", "INSTANCE_DIR", "ADE20KDataset", "build_datasets"
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # ADE20K ships .jpg; own data in the same layout may use the others
 SCENE_FILE = "sceneCategories.txt"
 INSTANCE_DIR = "annotations_instance"
-_MAX_NAMED = 10  # problems of one kind named one by one in the log before the rest are summarised
 
 # (image, mask) -> (image, mask), or with instances (image, mask, InstanceMasks) -> (image, mask, masks)
 Transform = Callable[..., tuple[torch.Tensor, ...]]
-
-
-def _warn_list(what: str, names: list[str]) -> None:
-    for n in names[:_MAX_NAMED]:
-        log.warning("%s: %s", n, what)
-    if len(names) > _MAX_NAMED:
-        log.warning("... and %d more: %s", len(names) - _MAX_NAMED, what)
 
 
 def scene_file(root: str | Path) -> Path:
@@ -186,8 +178,8 @@ class ADE20KDataset(SubstitutesBadItems, Dataset):
                     no_image[0] + ": annotation has no image"
                 raise DataError(f"{first} ({len(self.missing)} incomplete pair(s) in split '{split}'; "
                                 "set data.skip_bad=true to leave them out)")
-            _warn_list("image has no annotation (left out)", no_annotation)
-            _warn_list("annotation has no image (left out)", no_image)
+            warn_list("image has no annotation (left out)", no_annotation, log)
+            warn_list("annotation has no image (left out)", no_image, log)
 
         scenes: dict[str, str] = {}
         sfile = scene_file(self.root)
@@ -214,7 +206,7 @@ class ADE20KDataset(SubstitutesBadItems, Dataset):
             items.append((stem, image_path, ann_path, index))
         self.unlabelled = unlabelled  # images without a scene line (left out when a vocabulary is given)
         if unlabelled:
-            _warn_list(f"image has no line in {sfile} (left out: no scene label)", unlabelled)
+            warn_list(f"image has no line in {sfile} (left out: no scene label)", unlabelled, log)
         if max_items:
             items = items[:max_items]
         self.items = items
@@ -319,10 +311,10 @@ def _warn_unknown_scene_lines(root: Path, scenes: dict[str, str], splits: list[s
     unknown = sorted(set(scenes) - present)
     if unknown:
         sfile = scene_file(root)
-        for stem in unknown[:_MAX_NAMED]:
+        for stem in unknown[:MAX_NAMED]:
             log.warning("%s: line for %s names no image in %s", sfile, stem, "/".join(splits))
-        if len(unknown) > _MAX_NAMED:
-            log.warning("%s: ... and %d more lines name no image", sfile, len(unknown) - _MAX_NAMED)
+        if len(unknown) > MAX_NAMED:
+            log.warning("%s: ... and %d more lines name no image", sfile, len(unknown) - MAX_NAMED)
     return unknown
 
 

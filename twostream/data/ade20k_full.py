@@ -47,7 +47,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from twostream.data.classes import ClassTable, ade20k150
-from twostream.data.image_list import ImageListDataset, encode, warn_list
+from twostream.data.image_list import MAX_NAMED, ImageListDataset, encode, warn_list
 from twostream.data.io import DataError, load_image
 from twostream.data.vocabulary import SceneVocabulary
 
@@ -252,10 +252,10 @@ class ADE20KFullDataset(ImageListDataset):
             if not skip_bad:
                 raise DataError(f"{split_dir / bad[0][0]}.json: {bad[0][1]} ({len(bad)} such file(s); set "
                                 "data.skip_bad=true to leave them out)")
-            for stem, reason in bad[:10]:
+            for stem, reason in bad[:MAX_NAMED]:
                 log.warning("%s.json: %s (left out)", split_dir / stem, reason)
-            if len(bad) > 10:
-                log.warning("... and %d more annotation JSONs left out", len(bad) - 10)
+            if len(bad) > MAX_NAMED:
+                log.warning("... and %d more annotation JSONs left out", len(bad) - MAX_NAMED)
         self.bad_json = len(bad)
         bad_set = {s for s, _ in bad}
         stems = [s for s in stems if s not in bad_set]

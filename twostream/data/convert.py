@@ -50,7 +50,7 @@ from twostream.data.classes import (
     ClassTable,
     write_class_table_csv,
 )
-from twostream.data.io import MAX_IMAGE_PIXELS, DataError, exif_orientation, load_image
+from twostream.data.io import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, DataError, exif_orientation, load_image
 from twostream.data.label_plan import InputClasses, LabelPlan, pack_rgb, plan_labels, read_input_classes
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,6 @@ SPLIT_NAMES = {"train": "training", "training": "training", "val": "validation",
                "valid": "validation"}
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")  # lossless
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
-KEEP_SUFFIXES = (".jpg", ".jpeg", ".png")  # image files the ADE20K reader lists; others are re-encoded as PNG
 _MAX_NAMED = 20  # files named per kind of problem before the rest are counted
 
 
@@ -303,7 +302,7 @@ def _process(it: _Item, plan: LabelPlan, out: Path | None) -> _Result:
         return res
     img_dir, ann_dir = out / "images" / it.split, out / "annotations" / it.split
     suffix = it.image.suffix.lower()
-    if upright is None and suffix in KEEP_SUFFIXES:
+    if upright is None and suffix in IMAGE_EXTENSIONS:  # what the ADE20K reader lists; others are re-encoded as PNG
         shutil.copyfile(it.image, img_dir / f"{it.stem}{'.jpg' if suffix == '.jpeg' else suffix}")
     else:
         Image.fromarray(upright if upright is not None else image).save(img_dir / f"{it.stem}.png")

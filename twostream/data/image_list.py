@@ -32,7 +32,7 @@ __all__ = ["ImageListDataset", "decode", "encode", "warn_list"]
 
 log = logging.getLogger(__name__)
 
-_MAX_NAMED = 10  # problems of one kind named one by one in the log before the rest are summarised
+MAX_NAMED = 10  # problems of one kind named one by one in the log before the rest are summarised
 
 
 def encode(strings: list[str]) -> np.ndarray:
@@ -44,11 +44,12 @@ def decode(array: np.ndarray) -> list[str]:
     return [b.decode("utf-8") for b in array.tolist()]
 
 
-def warn_list(what: str, names: list[str]) -> None:
-    for n in names[:_MAX_NAMED]:
-        log.warning("%s: %s", n, what)
-    if len(names) > _MAX_NAMED:
-        log.warning("... and %d more: %s", len(names) - _MAX_NAMED, what)
+def warn_list(what: str, names: list[str], logger: logging.Logger = log) -> None:
+    """Log ``"<name>: <what>"`` for the first :data:`MAX_NAMED` names, then how many more there are."""
+    for n in names[:MAX_NAMED]:
+        logger.warning("%s: %s", n, what)
+    if len(names) > MAX_NAMED:
+        logger.warning("... and %d more: %s", len(names) - MAX_NAMED, what)
 
 
 class ImageListDataset(SubstitutesBadItems, Dataset):

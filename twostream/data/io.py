@@ -31,6 +31,7 @@ __all__ = [
 
 # Decompression-bomb guard: a 64-megapixel image is far beyond any ADE20K image (at most a few megapixels) and
 # beyond what a dataloader worker should hold; a tiny file that claims more is refused before it is decoded.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # ADE20K ships .jpg; own data in the same layout may use the others
 MAX_IMAGE_PIXELS = 64_000_000
 
 
