@@ -33,18 +33,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from twostream.quickstart import PHOTOS
+
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
 
     from twostream.api import SceneClassifier
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, no version check: works offline
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EXAMPLE_PHOTOS", "analyse", "build_demo", "example_images", "launch_demo", "viewer_iframe"]
 
-EXAMPLE_PHOTOS = ("coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg")  # what scikit-image ships
+EXAMPLE_PHOTOS = PHOTOS  # the photographs scikit-image ships, those the quick start predicts on
 PANEL_WIDTH = 1200  # pixels of the scene-graph panel
 VIEWER_HEIGHT = 640  # pixels of the viewer's frame
 

@@ -13,7 +13,6 @@ returns the scene label, the overlay, the panel, the viewer and the prediction J
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from twostream.commands import command_parser
@@ -40,7 +39,6 @@ def main(args: argparse.Namespace) -> int:
     import importlib.util
     import logging
 
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, no version check: works offline
     if importlib.util.find_spec("gradio") is None:
         raise ImportError("the demo needs gradio, the demo extra: pip install -e '.[demo]' in a checkout, "
                           "pip install 'gradio>=6' elsewhere")
