@@ -78,7 +78,6 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 # Segmenters that resize internally (hf, detectron2) get images at their own size, the longer side capped at this
 # many pixels: beyond it the map and graph only cost time (they run their own processor's resize anyway).
 MAX_SIDE = 1024
-_inference_config = inference_config  # the name of earlier versions
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -145,10 +144,6 @@ class _Input:
     size: tuple[int, int]
     seg_tensor: Tensor | None = None
     seg_box: tuple[int, int, int, int] | None = None
-
-    @property
-    def padded(self) -> bool:
-        return self.box[2:] != tuple(self.tensor.shape[-2:])
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -120,13 +120,9 @@ def build_explanation_evaluator(model: nn.Module, scenes: Sequence[str], *, data
 
 def _gather(items: list) -> list:
     """All ranks' ``items``, concatenated (this rank's alone outside ``torch.distributed``)."""
-    import torch.distributed as dist
+    from twostream.engine.distributed import all_gather_object
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return items
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
+    return [x for part in all_gather_object(items) for x in part]
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
