@@ -701,7 +701,11 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     return path
 
 
+def json_hash(obj: Any, length: int = 16) -> str:
+    """A short SHA-256 of ``obj`` as canonical JSON (sorted keys): the keys of graph stores and segmenter identities."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
+
+
 def section_hash(section: Any, length: int = 10) -> str:
     """A short stable hash of a config section (e.g. to key a cache on the settings that shaped it)."""
-    blob = json.dumps(config_to_dict(section), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+    return json_hash(config_to_dict(section), length)

@@ -17,9 +17,24 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEVICES", "DistInfo", "all_gather_object", "all_reduce_max", "all_reduce_mean", "all_reduce_sum", "barrier",
-           "broadcast_object", "cleanup", "convert_sync_batchnorm", "get_rank", "get_world_size", "init_distributed",
-           "is_main_process", "resolve_device"]
+__all__ = [
+    "DEVICES",
+    "DistInfo",
+    "all_gather_object",
+    "all_reduce_max",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "convert_sync_batchnorm",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_main_process",
+    "launched_ranks",
+    "resolve_device",
+]
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
@@ -69,23 +84,33 @@ def resolve_device(name: str | torch.device = "auto", local_rank: int | None = N
     return device
 
 
+def launched_ranks() -> DistInfo:
+    """This process's place among the processes torchrun launched (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), without
+    joining a process group (graph builds: the ranks share a folder, not tensors)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    return DistInfo(rank=int(os.environ["RANK"]), world_size=world_size,
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), or run single-process.
 
     Backend: nccl on GPU, gloo on CPU.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    info = launched_ranks()
+    if not info.enabled:
         log.debug("not using distributed mode")
-        return DistInfo()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        return info
+    rank, world_size = info.rank, info.world_size
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
         log.info("distributed: rank %d of %d (%s)", rank, world_size, backend)
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+    return info
 
 
 def cleanup() -> None:

@@ -20,16 +20,14 @@ these stores and nothing else.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from twostream.config import Config
+from twostream.config import Config, json_hash
+from twostream.engine.distributed import launched_ranks, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +45,6 @@ def checkpoint_identity(path: str | Path) -> str:
     from twostream.models.segmenter_base import content_hash
 
     return content_hash(path, "segmenter checkpoint")
-
-
-def _hash(obj: Any, length: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def segmenter_identity(seg_cfg: Any) -> str:
@@ -88,7 +82,7 @@ def default_cache_dir(cfg: Config, split: str, source: str | None = None, checkp
         key["checkpoint" if segmenter_class(seg_cfg.kind).weights_from_checkpoint else "segmenter"] = identity
     key["map_size"] = map_size(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, segmenter=seg_cfg)),
                                source, resolve=False)
-    return Path(cfg.data.root) / "graphs" / f"{split}-{source}-{_hash(key, 10)}"
+    return Path(cfg.data.root) / "graphs" / f"{split}-{source}-{json_hash(key, 10)}"
 
 
 def _geometry(cfg: Config):
@@ -286,21 +280,6 @@ def segmenter_for_cache(cfg: Config, device: torch.device):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _Ranks:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-
-def _ranks() -> _Ranks:
-    """torchrun's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` (no process group: the ranks share a folder)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Ranks()
-    return _Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def open_split(cfg: Config, split: str, geometry=None):
     """``split`` of ``cfg.data`` (any ``data.format``) with the validation transforms and no vocabulary: the items a
     store is built from; at the segmenter's input size when ``geometry`` (a
@@ -329,7 +308,6 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
         chunk_size: items per chunk (default :data:`~twostream.graph.store_build.DEFAULT_CHUNK_SIZE`).
     """
     from twostream.data.classes import dataset_class_table
-    from twostream.engine.distributed import resolve_device
     from twostream.graph.store_build import DEFAULT_CHUNK_SIZE, plan_graph_build, run_build
     from twostream.graph.store_sources import item_results, scene_lookup
 
@@ -341,7 +319,7 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
     if cfg.graph.cache_dir and "{split}" not in cfg.graph.cache_dir and len(splits) > 1:
         raise ValueError("graph.cache_dir names one folder for every split; put {split} in it "
                          "(graph.cache_dir=graphs/{split}) or pass a single --split")
-    ranks = _ranks()
+    ranks = launched_ranks()
     predict, identity, dev, geometry = None, None, torch.device("cpu"), None
     class_table = dataset_class_table(cfg.data)  # the annotations' labels (ADE20K-150, or the dataset's own table)
     if source == "pred":
@@ -394,7 +372,7 @@ def build_store_from_json(folder: str | Path, out: str | Path, *, scenes_file: s
     scenes = read_scene_categories(scenes_file) if scenes_file else None
     if scenes is None:
         log.warning("no --scenes file: the store records no scene labels, so it cannot train a classifier as is")
-    ranks = _ranks()
+    ranks = launched_ranks()
     return build(folder, out, scenes=scenes, num_workers=workers, chunk_size=chunk_size, progress=progress,
                  rank=ranks.rank, world_size=ranks.world_size)
 

@@ -24,7 +24,6 @@ needs nothing but the store.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from twostream.config import json_hash
 from twostream.data.classes import ClassTable
 from twostream.graph.builder import SceneGraphBuilder
 from twostream.graph.store import (
@@ -62,17 +62,13 @@ PARTS = "parts"
 CHUNK = "chunk-{:06d}.npz"
 
 
-def _hash(obj: Any, length: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
-
-
 def store_key(*, source: str, settings: dict | None, class_table: ClassTable, segmenter: str | None,
               names: Sequence[str] | None, num_items: int, map_size: dict | None = None) -> str:
     """Hash of everything that decides a store's content; a folder with another key is stale. (The chunk size
     does not change the content; an unfinished build remembers its own in ``build.json``.)"""
-    return _hash({"format": STORE_FORMAT, "settings": settings, "class_table": class_table.to_dict(),
+    return json_hash({"format": STORE_FORMAT, "settings": settings, "class_table": class_table.to_dict(),
                   "source": source, "segmenter": segmenter, "num_items": num_items, "map_size": map_size,
-                  "names": _hash(list(names)) if names is not None else None})
+                  "names": json_hash(list(names)) if names is not None else None})
 
 
 def _same_graphs(existing: dict, manifest: dict) -> bool:

@@ -30,14 +30,13 @@ This module imports no adapter; the adapters import it, and :mod:`twostream.mode
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from twostream.config import SegmenterConfig
+from twostream.config import SegmenterConfig, json_hash
 from twostream.data.classes import ClassTable
 
 __all__ = ["CAPABILITIES", "Segmenter", "content_hash", "json_hash", "lacks_capability", "predict_labels"]
@@ -67,11 +66,6 @@ def content_hash(path: str | Path, what: str = "segmenter checkpoint") -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
-
-
-def json_hash(obj: Any, length: int = 16) -> str:
-    """A short SHA-256 of ``obj`` as canonical JSON (sorted keys)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
 
 
 class Segmenter(nn.Module):
