@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +192,6 @@ class StoreResult:
     cache_build_gps: float | None = None
     store_bytes: int = 0
     cache_bytes: int = 0
-    write_s: dict[str, float] = field(default_factory=dict)
     epoch_items: int = 0
     epoch_graphs_only_s: float | None = None
     epoch_images_s: float | None = None
@@ -294,7 +293,7 @@ def bench_store(root: Path, *, size: int, small: int = 10_000, reads: int = 20_0
     """The store rows at ``size`` graphs (and ``small`` for the memory comparison) under ``root``."""
     small = min(small, size)
     result: dict[str, Access] = {}
-    stats: dict = {"write_s": {}}
+    stats: dict = {}
     for n, tag in ((size, ""), (small, "_small")):
         log.info("graph store: %d synthetic graphs", n)
         graphs = synthetic_graphs(n, seed)
@@ -302,9 +301,7 @@ def bench_store(root: Path, *, size: int, small: int = 10_000, reads: int = 20_0
         shuffled = [names[i] for i in np.random.default_rng(seed + 1).permutation(n)[:reads].tolist()]
         for kind, write in (("store", write_synthetic_store), ("cache", write_synthetic_cache)):
             folder = root / f"{kind}-{n}"
-            t0 = time.perf_counter()
             write(folder, graphs)
-            stats["write_s"][f"{kind}{tag}"] = time.perf_counter() - t0
             if not tag:
                 stats[f"{kind}_bytes"] = _folder_bytes(folder)
             log.info("graph store: %s of %d graphs, reading", kind, n)
@@ -317,7 +314,7 @@ def bench_store(root: Path, *, size: int, small: int = 10_000, reads: int = 20_0
     return StoreResult(size=size, small=small, store=result["store"], cache=result["cache"],
                        store_small=result["store_small"], cache_small=result["cache_small"], build_graphs=build_n,
                        store_build_gps=store_gps, cache_build_gps=cache_gps, store_bytes=stats["store_bytes"],
-                       cache_bytes=stats["cache_bytes"], write_s=stats["write_s"])
+                       cache_bytes=stats["cache_bytes"])
 
 
 def bench_graphs_only_epoch(root: Path, config_dir: Path, *, size: int | None, ci: bool, seed: int = 0,

@@ -43,7 +43,6 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -174,10 +173,6 @@ class GraphStore:
         self._names: list[str] | None = None
 
     # ------------------------------------------------------------------------------------------------ properties
-
-    @property
-    def meta(self) -> dict:  # the name the old GraphCache used
-        return self.manifest
 
     @property
     def settings(self) -> dict | None:
@@ -313,8 +308,3 @@ class GraphStore:
 
     __getitem__ = get
 
-    def summary(self) -> dict[str, Any]:
-        """Counts and sizes for logs and reports."""
-        size = sum((self.store_dir / f).stat().st_size for f in store_files(self.manifest))
-        return {"graphs": len(self), "nodes": int(self.manifest["num_nodes"]),
-                "edges": int(self.manifest["num_edges"]), "bytes": size}
