@@ -11,9 +11,9 @@ On a CPU shared with other work, torch's intra-op threads wait for each other on
 the fusion, data transforms): compare with --threads 1 before reading much into those stages. --compile is meant for
 GPUs (it runs on a CPU, where it was checked for function only).
 
-The store section writes synthetic graphs (1 M by default: about 1.5 GB for the store and 2.4 GB for the old
-shard cache it is compared with, in a temporary folder) and times random and in-order access, opening, memory and
-building, plus a graphs-only epoch against the same epoch reading images.
+The store section writes synthetic graphs (1 M by default: about 1.1 GiB for the store and 1.5 GiB for the old shard
+cache it is compared with, in a temporary folder, as measured in docs/graph_store.md) and times random and in-order
+access, opening, memory and building, plus a graphs-only epoch against the same epoch reading images.
 
 Models: swin_gat, vit_gcn, resnet_sage, image_only_swin and shared_swin_gat (plus the image streams of vit_gcn and
 resnet_sage alone, for their ratios, and swin_gat:seg_hires, swin_gat with its segmenter at 512/224 of the image

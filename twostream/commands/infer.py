@@ -10,10 +10,11 @@
 Inputs are image files, folders (their images) and glob patterns. --out DIR receives predictions.csv (one row per
 input: top-k scenes, node and pair counts, error) and per image what --save names: json (<stem>.json: scenes + scene
 graph, what tools/visualize.py --prediction reads) and sem (<stem>_sem.png, palette PNG of the semantic map) by
-default, ~8 KB per image; overlay, panel and html (0.2-0.5 MB each) on request, drawn in worker processes. A bad
-input is reported on one line and skipped; the exit status is then 1. A missing or unusable checkpoint stops at once
-with exit status 2. With --explain the JSON, the panel, the viewer and the printed summary say why, and
-<stem>_cam.png holds the image's class-activation map (docs/explanations.md).
+default, ~8 KB per image, and cam (<stem>_cam.png) when the prediction is explained; overlay, panel and html
+(0.2-0.5 MB each) on request, drawn in worker processes. A bad input is reported on one line and skipped; the exit
+status is then 1. A missing or unusable checkpoint stops at once with exit status 2. With --explain the JSON, the
+panel, the viewer and the printed summary say why, and <stem>_cam.png holds the image's class-activation map
+(docs/explanations.md).
 """
 
 from __future__ import annotations
