@@ -338,3 +338,14 @@ def test_feature_pooling_non_integer_ratio():
     up = features[0][:, rows][:, :, cols]  # (C, H, W): pixel (y, x) reads cell (y * h // H, x * w // W)
     expected = torch.stack([up[:, node_map == i].mean(dim=1) for i in range(graph.num_nodes)])
     assert torch.allclose(graph.features, expected, atol=1e-5)
+
+
+def test_from_config_makes_label_255_a_class_for_label_sets_above_255():
+    """Full ADE20K (3,688 classes): 255 is a class, not padding, for every builder the config makes (stores, online
+    graphs, evaluation, inference); with 151 classes it stays void."""
+    big = SceneGraphBuilder.from_config(GraphConfig(), _table(300))
+    sem = np.full((4, 6), 3, np.int64)
+    sem[:, 3:] = 255
+    assert big.ignore_index is None and big(sem).labels.tolist() == [3, 255]
+    small = SceneGraphBuilder.from_config(GraphConfig(), ade20k150())
+    assert small.ignore_index == 255 and small(sem).labels.tolist() == [3]

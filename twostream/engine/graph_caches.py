@@ -242,19 +242,6 @@ def graphs_only_datasets(cfg: Config):
     return train, val, vocabulary, stores[0].class_table
 
 
-def graph_builder(graph_cfg, class_table):
-    """``SceneGraphBuilder.from_config``, except for label sets of more than 255 classes (full ADE20K), where 255 is
-    a class, not the transforms' padding: no label is ignored then (the config refuses padding for them)."""
-    from twostream.data.classes import IGNORE_INDEX
-    from twostream.graph.builder import SceneGraphBuilder
-
-    if class_table is None or len(class_table) <= IGNORE_INDEX:
-        return SceneGraphBuilder.from_config(graph_cfg, class_table)
-    return SceneGraphBuilder(granularity=graph_cfg.granularity, connectivity=graph_cfg.connectivity,
-                             tolerance=graph_cfg.tolerance, min_area=graph_cfg.min_area,
-                             ignore_label0=graph_cfg.ignore_label0, class_table=class_table, ignore_index=None)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Segmenter
 # --------------------------------------------------------------------------------------------------------------------
@@ -308,6 +295,7 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
         chunk_size: items per chunk (default :data:`~twostream.graph.store_build.DEFAULT_CHUNK_SIZE`).
     """
     from twostream.data.classes import dataset_class_table
+    from twostream.graph.builder import SceneGraphBuilder
     from twostream.graph.store_build import DEFAULT_CHUNK_SIZE, plan_graph_build, run_build
     from twostream.graph.store_sources import item_results, scene_lookup
 
@@ -341,8 +329,8 @@ def build_split_caches(cfg: Config, *, source: str, splits: list[str], out: str 
     for split in splits:
         dataset = open_split(cfg, split, geometry)
         # gt labels are the dataset's (ADE20K-150, or full ADE20K's 3,688 classes); pred labels the segmenter's
-        builder = graph_builder(cfg.graph, getattr(dataset, "class_table", class_table) if source == "gt" else
-                                class_table)
+        labels = getattr(dataset, "class_table", class_table) if source == "gt" else class_table
+        builder = SceneGraphBuilder.from_config(cfg.graph, labels)
         folder = Path(out) if out else store_dir(cfg, split, source)
         log.info("%s: %d items -> %s (%s)", split, len(dataset), folder, builder)
 

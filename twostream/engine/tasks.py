@@ -80,10 +80,10 @@ class ClassificationTask(_Task):
         return loaders
 
     def _attach_graphs(self, dataset, split: str) -> WithGraphs:
-        from twostream.engine.graph_caches import graph_builder
+        from twostream.graph.builder import SceneGraphBuilder
 
         cfg = self.cfg
-        builder = graph_builder(cfg.graph, self.class_table)
+        builder = SceneGraphBuilder.from_config(cfg.graph, self.class_table)
         if cfg.graph.source == "gt":
             return WithGraphs(dataset, builder=builder)
         from twostream.engine.graph_caches import open_store

@@ -243,9 +243,14 @@ class SceneGraphBuilder:
 
     @classmethod
     def from_config(cls, cfg: Any, class_table: ClassTable | None = None) -> SceneGraphBuilder:
-        """The builder ``cfg.graph`` (a :class:`~twostream.config.GraphConfig`) describes, for ``class_table``."""
+        """The builder ``cfg.graph`` (a :class:`~twostream.config.GraphConfig`) describes, for ``class_table``.
+
+        Label sets of more than 255 classes (full ADE20K) have 255 as a class, not the transforms' padding: no label
+        is void then (the config refuses padding for them)."""
+        large = class_table is not None and len(class_table) > IGNORE_INDEX
         return cls(granularity=cfg.granularity, connectivity=cfg.connectivity, tolerance=cfg.tolerance,
-                   min_area=cfg.min_area, ignore_label0=cfg.ignore_label0, class_table=class_table)
+                   min_area=cfg.min_area, ignore_label0=cfg.ignore_label0, class_table=class_table,
+                   ignore_index=None if large else IGNORE_INDEX)
 
     def settings(self) -> dict:
         """Everything that shapes the graphs (JSON-ready). Caches key on it: equal settings, equal graphs."""
