@@ -113,3 +113,20 @@ def test_unreachable_hub_id_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys
         rc, _, err = run_tool(REPO / "tools" / "demo.py", "--checkpoint", source, capsys=capsys)
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
         assert rc == 2 and len(errors) == 1 and message in errors[0], err
+
+
+def test_analyse_with_explain_draws_and_returns_the_explanation(tmp_path_factory):
+    """In-process: the page's explanation is the prediction's own JSON, the CAM lies over the photo, and the panel
+    draws the explanation as tools/infer.py's panel does (it differs from the unexplained panel)."""
+    from twostream import SceneClassifier
+    from twostream.demo import analyse
+
+    classifier = SceneClassifier.from_pretrained(shared_run(tmp_path_factory), device="cpu")
+    image = photos()["chelsea"][::4, ::4]
+    plain = analyse(classifier, image, topk=3)
+    why = analyse(classifier, image, topk=3, explain=True)
+    assert plain["explanation"] is None and plain["cam"] is None
+    assert why["explanation"] == why["prediction"]["explanation"]
+    assert why["explanation"]["scene"] == max(why["label"], key=why["label"].get)  # the top scene is explained
+    assert why["cam"].shape == image.shape and why["cam"].dtype == np.uint8
+    assert why["panel"].shape[2] == 3 and not np.array_equal(why["panel"], plain["panel"])

@@ -68,15 +68,6 @@ def viewer_iframe(page: str, height: int = VIEWER_HEIGHT) -> str:
             f'style="width: 100%; height: {int(height)}px; border: 1px solid #ddd; border-radius: 6px;"></iframe>')
 
 
-def _explanation_json(explanation: Any) -> Any:
-    if explanation is None:
-        return None
-    for attr in ("to_json", "to_dict"):
-        if callable(getattr(explanation, attr, None)):
-            return getattr(explanation, attr)()
-    return explanation if isinstance(explanation, dict | list) else {"explanation": str(explanation)}
-
-
 def analyse(classifier: SceneClassifier, image: str | Path | np.ndarray, *, topk: int = 5,
             explain: bool = False) -> dict[str, Any]:
     """Everything the page shows for one image: ``{"label": {scene: probability}, "overlay": (H, W, 3) uint8,
@@ -87,7 +78,8 @@ def analyse(classifier: SceneClassifier, image: str | Path | np.ndarray, *, topk
         DataError: the file cannot be read (one line naming it).
     """
     from twostream.data.io import load_image
-    from twostream.viz import GraphView, draw_panel, overlay, scene_graph_html
+    from twostream.infer_outputs import prediction_view
+    from twostream.viz import cam_overlay, draw_panel, overlay, scene_graph_html
 
     rgb = load_image(image) if isinstance(image, str | Path) else image
     pred = classifier.predict(rgb, topk=topk, explain=explain)
@@ -96,20 +88,16 @@ def analyse(classifier: SceneClassifier, image: str | Path | np.ndarray, *, topk
                            "prediction": pred.to_json(), "explanation": None, "cam": None}
     if pred.graph is not None:
         out["overlay"] = overlay(rgb, pred.sem_map, pred.class_table)
-        view = GraphView("prediction", pred.graph, pred.sem_map, scene_topk=pred.scenes)
+        view = prediction_view(pred)  # as tools/infer.py draws it, the explanation included
         title = Path(image).name if isinstance(image, str | Path) else None
         fig = draw_panel(rgb, view, title=title, width=PANEL_WIDTH)
         fig.canvas.draw()
         out["panel"] = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()  # (h, w, 3) uint8
         out["viewer"] = viewer_iframe(scene_graph_html(rgb, view, title=title))
-    if explain:
-        explanation = getattr(pred, "explanation", None)
-        out["explanation"] = _explanation_json(explanation)
-        cam = getattr(explanation, "cam", None)
-        if cam is not None:  # where in the image the top scene's evidence lies (twostream.explain's image CAM)
-            from twostream import viz
-
-            out["cam"] = viz.cam_overlay(rgb, cam) if hasattr(viz, "cam_overlay") else None
+    if pred.explanation is not None:
+        out["explanation"] = out["prediction"].get("explanation")  # the prediction's JSON holds it already
+        if pred.explanation.cam is not None:  # where in the image the top scene's evidence lies
+            out["cam"] = cam_overlay(rgb, pred.explanation.cam)
     return out
 
 
