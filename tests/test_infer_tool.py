@@ -171,3 +171,20 @@ def test_missing_or_bad_checkpoint_exits_2_with_one_line(run, inputs, tmp_path, 
         rc, out, err = run_tool(INFER, inputs["good1"], *args, capsys=capsys)
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
         assert rc == 2 and out == "" and len(errors) == 1 and expected in errors[0], (args, err)
+
+
+def test_the_tool_lists_its_input_folders_once(run, tmp_path, monkeypatch, capsys):
+    """A folder of tens of thousands of images is walked once per run (for the counts the defaults need and the
+    predictions alike), not once for each."""
+    import twostream.infer_outputs as infer_outputs
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(photos()["coffee"][::8, ::8]).save(folder / f"p{i}.png")
+    listed = []
+    real = infer_outputs.image_extensions
+    monkeypatch.setattr(infer_outputs, "image_extensions", lambda: listed.append(1) or real())  # once per listing
+    rc, _, err = run_tool(INFER, folder, "--checkpoint", run, "--device", "cpu", "--quiet", capsys=capsys)
+    assert rc == 0, err
+    assert len(listed) == 1

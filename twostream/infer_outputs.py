@@ -366,7 +366,8 @@ def run_inference(predictor: Predictor, specs: Sequence[str], *, topk: int = 5, 
                   out_dir: str | Path | None = None, save: Sequence[str] = DEFAULT_SAVE, render_workers: int = 0,
                   progress: bool = False, keep_graphs: bool = True,
                   on_record: Callable[[dict, Prediction | None], None] | None = None,
-                  explain: bool = False, explain_scene: str | None = None) -> list[dict]:
+                  explain: bool = False, explain_scene: str | None = None,
+                  entries: Sequence[Path | BadInput] | None = None) -> list[dict]:
     """Predict for every input of ``specs`` (files, folders, patterns), ``batch_size`` images at a time; with
     ``explain``, explain each prediction (for ``explain_scene`` when given; a name outside the vocabulary is a
     ``ValueError`` before any image is read).
@@ -379,6 +380,8 @@ def run_inference(predictor: Predictor, specs: Sequence[str], *, topk: int = 5, 
         progress: a progress bar with images/s on stderr (tqdm).
         keep_graphs: keep each record's ``graph`` in the returned list (off for long runs that only need the
             index: memory stays flat).
+        entries: ``expand_inputs(specs)`` when the caller has it already (a folder of tens of thousands of images
+            is then listed once).
 
     Returns one record per input, in the order given: ``{"input", "ok": true, "output_stem", "image_size",
     "scenes", "graph", "outputs"}`` (``outputs`` with ``out_dir``: kind -> path) or ``{"input", "ok": false,
@@ -397,7 +400,7 @@ def run_inference(predictor: Predictor, specs: Sequence[str], *, topk: int = 5, 
         explain = True
 
     save = parse_save(save)
-    entries = expand_inputs(specs)
+    entries = expand_inputs(specs) if entries is None else entries
     records: list[dict | None] = [None] * len(entries)
     index = IndexWriter(Path(out_dir) / INDEX_FILE, topk) if out_dir is not None else None
     bar = tqdm(total=len(entries), unit="img", disable=not progress, dynamic_ncols=True, mininterval=1.0,

@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
     log.info("%s", predictor)
 
     save = parse_save(args.save)
-    inputs = expand_inputs(args.inputs)  # counted once here for the defaults below; run_inference expands again
+    inputs = expand_inputs(args.inputs)  # listed once: counted for the defaults below, then predicted
     drawings = args.out is not None and any(ARTEFACTS[n].drawing for n in save)
     workers = args.workers
     if workers is None:
@@ -120,7 +120,8 @@ def main(args: argparse.Namespace) -> int:
 
     records = run_inference(predictor, args.inputs, topk=args.topk, batch_size=args.batch_size, out_dir=args.out,
                             save=save, render_workers=max(0, workers), progress=progress, keep_graphs=args.json,
-                            on_record=report, explain=args.explain, explain_scene=args.explain_scene)
+                            on_record=report, explain=args.explain, explain_scene=args.explain_scene,
+                            entries=inputs)
     if args.json:
         json.dump(records, sys.stdout, indent=1)
         print()
