@@ -8,6 +8,7 @@ kept (graphs without pixels).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -38,7 +39,7 @@ class StoreGraphs(Dataset):
 
     def __init__(self, store: Any, vocabulary: SceneVocabulary | None, scenes: Mapping[str, str] | None = None,
                  max_items: int = 0) -> None:
-        self.store, self.vocabulary = store, vocabulary
+        self.store = store
         if scenes is not None:
             table = sorted(set(scenes.values()))
             lookup = {s: i for i, s in enumerate(table)}
@@ -47,6 +48,17 @@ class StoreGraphs(Dataset):
             table, scene_ids = store.scene_table, store.scene_index.astype(np.int32)
         self.scene_table = table
         self._scene_ids = scene_ids
+        self._select(vocabulary, max_items)
+
+    def with_vocabulary(self, vocabulary: SceneVocabulary | None, max_items: int = 0) -> StoreGraphs:
+        """The same store's graphs selected for ``vocabulary`` (the scenes are not looked up again)."""
+        other = copy.copy(self)
+        other._select(vocabulary, max_items)
+        return other
+
+    def _select(self, vocabulary: SceneVocabulary | None, max_items: int) -> None:
+        self.vocabulary = vocabulary
+        scene_ids, table, store = self._scene_ids, self.scene_table, self.store
         if vocabulary is None:
             keep, classes = np.ones(len(scene_ids), dtype=bool), np.full(len(scene_ids), -1, dtype=np.int32)
             self.dropped = self.unlabelled = 0

@@ -234,8 +234,7 @@ def graphs_only_datasets(cfg: Config):
     items = [StoreGraphs(store, None, scenes=_store_scenes(cfg, store)) for store in stores]
     train_scenes = items[0].raw_scenes()
     vocabulary = build_vocabulary(d.scenes, train_scenes)
-    train, val = (StoreGraphs(store, vocabulary, scenes=_store_scenes(cfg, store), max_items=d.max_items)
-                  for store in stores)
+    train, val = (split_items.with_vocabulary(vocabulary, d.max_items) for split_items in items)
     log.info("graphs only, from the stores %s and %s (no image is read); scene vocabulary (%s): %d classes\n%s",
              stores[0].store_dir, stores[1].store_dir, d.scenes.mode, len(vocabulary),
              vocabulary.table({d.train_split: train_scenes, d.val_split: items[1].raw_scenes()}))
