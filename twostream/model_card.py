@@ -89,9 +89,10 @@ def _checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def _evaluations_of(checkpoint: Path) -> dict[str, dict]:
-    """``{split: summary}`` of the ``eval-*/metrics.json`` beside ``checkpoint`` that scored this file at its step."""
-    step = _checkpoint_step(checkpoint)
+def _evaluations_of(checkpoint: Path, step: int | None = None) -> dict[str, dict]:
+    """``{split: summary}`` of the ``eval-*/metrics.json`` beside ``checkpoint`` that scored this file at its step
+    (``step`` when the caller read it already)."""
+    step = _checkpoint_step(checkpoint) if step is None else step
     found: dict[str, dict] = {}
     for path in sorted(checkpoint.parent.glob("eval-*/metrics.json")):
         try:
@@ -196,7 +197,7 @@ def collect_info(source: str | Path, predictor: Predictor, *, hub_id: str | None
     checkpoint = resolve_checkpoint(path)
     info.step = _checkpoint_step(checkpoint)
     info.commands = read_commands(folder)
-    info.evaluation = _evaluations_of(checkpoint)
+    info.evaluation = _evaluations_of(checkpoint, info.step)
     train_cfg = predictor.cfg
     if (folder / "config.yaml").is_file():
         try:
