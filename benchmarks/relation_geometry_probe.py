@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from twostream.data.classes import ade20k150
+from twostream.data.io import load_label, read_scene_categories
 from twostream.graph.builder import SceneGraphBuilder
 
 __all__ = ["features", "probe"]
@@ -43,13 +43,13 @@ def features(root: Path, split: str, kind: str = "geometry") -> tuple[torch.Tens
     classes of the relation-only images, in class-id order, and ``(M,)`` labels (0 dining_room, 1 living_room)."""
     builder = SceneGraphBuilder(class_table=ade20k150())
     meta = json.loads((root / "synthetic.json").read_text())
-    scene_of = dict(line.split() for line in (root / "sceneCategories.txt").read_text().splitlines())
+    scene_of = read_scene_categories(root / "sceneCategories.txt")
     prefix = "ADE_train_" if split == "training" else "ADE_val_"
     xs, ys, ids = [], [], None
     for stem in meta["relation_only"]:
         if not stem.startswith(prefix):
             continue
-        graph = builder(np.asarray(Image.open(root / "annotations" / split / f"{stem}.png")))
+        graph = builder(load_label(root / "annotations" / split / f"{stem}.png"))
         labels = graph.labels.tolist()
         if ids is None:
             ids = sorted(labels)
@@ -64,10 +64,11 @@ def features(root: Path, split: str, kind: str = "geometry") -> tuple[torch.Tens
     return torch.stack(xs), torch.tensor(ys)
 
 
-def probe(root: Path, hidden: int = 64, steps: int = 2000, seed: int = 0, kind: str = "geometry") -> dict[str, float]:
-    """Validation accuracy of a linear model and of a two-layer MLP on the geometry (or the numbers of contacts) of
-    the relation-only images."""
-    (xt, yt), (xv, yv) = features(root, "training", kind), features(root, "validation", kind)
+def probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], hidden: int = 64,
+          steps: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Validation accuracy of a linear model and of a two-layer MLP on the :func:`features` of the relation-only
+    images (``train`` and ``val``: their features and labels)."""
+    (xt, yt), (xv, yv) = train, val
     mean, std = xt.mean(0), xt.std(0).clamp_min(1e-6)
     xt, xv = (xt - mean) / std, (xv - mean) / std
     out = {}
@@ -101,7 +102,8 @@ def main() -> None:
     for root in args.roots:
         cells = []
         for kind in KINDS:
-            runs = [probe(Path(root), seed=s, kind=kind) for s in range(args.seeds)]
+            data = features(Path(root), "training", kind), features(Path(root), "validation", kind)  # seed-free
+            runs = [probe(*data, seed=s) for s in range(args.seeds)]
             for name in ("linear", "mlp"):
                 v = [100 * r[name] for r in runs]
                 cells.append(f"{np.mean(v):.1f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.1f}")
