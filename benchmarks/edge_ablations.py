@@ -15,10 +15,9 @@ step to the full training step.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import torch
+from graph_builder import ade20k_like_maps  # benchmarks/graph_builder.py, beside this script
 
 from twostream.benchmark.measure import time_calls
 from twostream.data.classes import ade20k150
@@ -29,13 +28,6 @@ from twostream.models.gnn import GraphEncoder
 __all__ = ["markdown_table", "run"]
 
 
-def _ade20k_like_maps(num: int, size: int, seed: int):
-    spec = importlib.util.spec_from_file_location("graph_builder", Path(__file__).with_name("graph_builder.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ade20k_like_maps(num, size=size, seed=seed)
-
-
 def run(batch_sizes=(8, 32, 128), *, size: int = 256, device: str = "cpu", conv: str = "gat", hidden_dim: int = 256,
         num_layers: int = 3, iters: int = 20, seed: int = 0) -> list[dict]:
     """One row per (batch size, measurement): ``{"batch", "nodes", "edges", "what", "ms", "ratio"}``."""
@@ -44,7 +36,7 @@ def run(batch_sizes=(8, 32, 128), *, size: int = 256, device: str = "cpu", conv:
     dev = torch.device(device)
     table = ade20k150()
     builder = SceneGraphBuilder(class_table=table)
-    maps = _ade20k_like_maps(max(batch_sizes), size, seed)
+    maps = ade20k_like_maps(max(batch_sizes), size=size, seed=seed)
     graphs = [builder(m) for m in maps]
     encoders = {}
     for edges in ("full", "shuffled", "none"):
