@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from twostream.config import Config, GraphConfig, config_from_dict
 from twostream.data.classes import IGNORE_INDEX, ClassTable
+from twostream.data.transforms import resize_labels
 from twostream.engine.checkpoint import (
     CheckpointError,
     inference_config,
@@ -93,20 +94,6 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     if min(image.shape[:2]) < 1:
         raise ValueError(f"Predictor: empty image of shape {image.shape}")
     return image
-
-
-def _resize_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """``(h, w)`` int labels -> ``(H, W)``, centre-aligned nearest neighbour (as the dataset resizes masks).
-
-    Output pixel ``i`` takes source pixel ``floor((i + 0.5) * h / H)``, in integer arithmetic: float scale factors
-    round centres that fall exactly on a source-pixel edge to either side.
-    """
-    (h, w), (oh, ow) = labels.shape, size
-    if (h, w) == (oh, ow):
-        return labels
-    rows = (2 * torch.arange(oh, device=labels.device) + 1) * h // (2 * oh)  # (H,)
-    cols = (2 * torch.arange(ow, device=labels.device) + 1) * w // (2 * ow)  # (W,)
-    return labels[rows][:, cols]
 
 
 def _check_external(model: nn.Module, segmenter: nn.Module, trained_on: ClassTable | None) -> None:
@@ -523,7 +510,7 @@ class Predictor:
                 padded = (ch, cw) != tuple(labels.shape[-2:])
                 graph = (self.builder(content, confidence=confidence[i, top:top + ch, left:left + cw])
                          if padded else graphs[i]).to("cpu")
-                sem_map = _resize_labels(content, inp.size).cpu().numpy()
+                sem_map = resize_labels(content, inp.size).cpu().numpy()
             explanation = explanations[i] if explanations is not None else None
             if explanation is not None and explanation.cam is not None:
                 from twostream.explain.cam import resize_cam

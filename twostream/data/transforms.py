@@ -45,6 +45,7 @@ __all__ = [
     "instance_targets",
     "keep_ratio_size",
     "make_transforms",
+    "resize_labels",
     "segmenter_transforms",
 ]
 
@@ -133,6 +134,21 @@ class ResizePad(v2.Transform):
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
+
+
+def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``(h, w)`` integer labels (class or node ids) -> ``(H, W)``, centre-aligned nearest neighbour, as masks are
+    resized here.
+
+    Output pixel ``i`` takes source pixel ``floor((i + 0.5) * h / H)``, in integer arithmetic: float scale factors
+    round centres that fall exactly on a source-pixel edge to either side.
+    """
+    (h, w), (oh, ow) = labels.shape, tuple(size)
+    if (h, w) == (oh, ow):
+        return labels
+    rows = (2 * torch.arange(oh, device=labels.device) + 1) * h // (2 * oh)  # (H,)
+    cols = (2 * torch.arange(ow, device=labels.device) + 1) * w // (2 * ow)  # (W,)
+    return labels[rows][:, cols]
 
 
 def keep_ratio_size(h: int, w: int, short: int, long: int) -> tuple[int, int]:

@@ -135,15 +135,6 @@ def match_graphs(pred: SceneGraph, gt: SceneGraph, pred_node_map: Tensor | np.nd
                       edge_pred=pred.num_edges // 2, edge_gt=gt.num_edges // 2, node_pairs=pairs)
 
 
-def _resize_node_map(node_map: Tensor, size: tuple[int, int]) -> Tensor:
-    """``(h, w)`` node ids -> ``(H, W)``, centre-aligned nearest neighbour: output pixel ``i`` takes source pixel
-    ``floor((i + 0.5) * h / H)`` (integer arithmetic, as the data transforms resize masks)."""
-    (h, w), (oh, ow) = node_map.shape, size
-    rows = (2 * torch.arange(oh) + 1) * h // (2 * oh)
-    cols = (2 * torch.arange(ow) + 1) * w // (2 * ow)
-    return node_map[rows][:, cols]
-
-
 def compare_label_maps(pred_map: Tensor | np.ndarray, gt_map: Tensor | np.ndarray, builder,
                        iou_threshold: float = 0.5) -> GraphMatch:
     """Build both graphs of one image with ``builder`` (a ``SceneGraphBuilder``) and match them: by class for
@@ -157,7 +148,9 @@ def compare_label_maps(pred_map: Tensor | np.ndarray, gt_map: Tensor | np.ndarra
     pred, pred_nodes = builder(pred_map, return_node_map=True)
     gt, gt_nodes = builder(gt_map, return_node_map=True)
     if tuple(pred_nodes.shape) != tuple(gt_nodes.shape):
-        pred_nodes = _resize_node_map(pred_nodes.cpu(), tuple(gt_nodes.shape))
+        from twostream.data.transforms import resize_labels  # torchvision: imported when maps differ in size
+
+        pred_nodes = resize_labels(pred_nodes.cpu(), tuple(gt_nodes.shape))
     return match_graphs(pred, gt, pred_nodes, gt_nodes, iou_threshold)
 
 
