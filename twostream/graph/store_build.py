@@ -295,6 +295,19 @@ def _chunk_index(path: Path) -> dict[str, Any]:
     return out
 
 
+def _member_header(z: Any, member: str) -> tuple[np.dtype, tuple[int, ...]]:
+    """The dtype and shape of array ``member`` of the open ``.npz`` ``z``, from its header alone (the copy pass reads
+    the rows; reading them here too would read every chunk twice)."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with z.zip.open(f"{member}.npy") as f:
+        read = readers.get(np.lib.format.read_magic(f))
+        if read is not None:
+            shape, _, dtype = read(f)
+            return dtype, shape
+    array = z[member]  # a header version of a later numpy: read the array
+    return array.dtype, array.shape
+
+
 def _field_specs(plan: BuildPlan, index: list[dict]) -> dict[str, dict]:
     """One spec per field (kind, dtype, stored dtype, trailing shape), checked for agreement across chunks."""
     specs: dict[str, dict] = {}
@@ -303,8 +316,8 @@ def _field_specs(plan: BuildPlan, index: list[dict]) -> dict[str, dict]:
             continue
         with np.load(plan.chunk_path(k), allow_pickle=False) as z:
             for key, kind in chunk["fields"].items():
-                member = z[f"{kind}.{key}"]
-                spec = {"kind": kind, "dtype": member.dtype.name, "shape": list(member.shape[1:])}
+                dtype, shape = _member_header(z, f"{kind}.{key}")
+                spec = {"kind": kind, "dtype": dtype.name, "shape": list(shape[1:])}
                 if key not in specs:
                     specs[key] = {**spec, "range": [0, 0]}
                 elif {k2: specs[key][k2] for k2 in spec} != spec:
