@@ -201,20 +201,11 @@ def test_ranks_sharing_a_folder_build_the_one_process_store(tmp_path):
 
 
 def test_old_shard_cache_converts_in_place_bit_for_bit(tmp_path):
-    from twostream.graph.cache import ShardCache, convert_shard_cache, write_shard_cache
+    from twostream.graph.cache import ShardCache, convert_shard_cache, pack_shard, write_shard_cache
 
     items, builder = _pairs(7), SceneGraphBuilder(granularity="region", min_area=1)
     graphs = [builder(sem).to_tensors() for _, sem in items]
-    shards = []
-    for k in range(0, 7, 3):  # shards of 3 as the old builder packed them
-        part = graphs[k:k + 3]
-        shards.append({"names": [n for n, _ in items[k:k + 3]],
-                       "node_ptr": torch.tensor([0, *np.cumsum([g["labels"].numel() for g in part])]),
-                       "edge_ptr": torch.tensor([0, *np.cumsum([g["edge_index"].shape[1] for g in part])]),
-                       "image_size": torch.stack([g["image_size"] for g in part]),
-                       **{f: torch.cat([g[f] for g in part]) for f in ("labels", "area", "centroid", "bbox",
-                                                                        "boundary")},
-                       "edge_index": torch.cat([g["edge_index"] for g in part], dim=1)})
+    shards = [pack_shard([n for n, _ in items[k:k + 3]], graphs[k:k + 3]) for k in range(0, 7, 3)]  # shards of 3
     old = write_shard_cache(tmp_path / "c", shards, settings=builder.settings(), class_table=builder.class_table,
                             source="pred", checkpoint="abc", shard_size=3)
     before = {n: ShardCache(old).get(n) for n, _ in items}

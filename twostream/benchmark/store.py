@@ -256,7 +256,7 @@ def _folder_bytes(folder: Path) -> int:
 def _build_throughput(root: Path, graphs: _Graphs) -> tuple[float, float]:
     """Graphs per second into the store (chunks + finish) and into the shard cache, from tensor dicts."""
     from twostream.data.classes import ade20k150
-    from twostream.graph.cache import write_shard_cache
+    from twostream.graph.cache import pack_shard, write_shard_cache
     from twostream.graph.store_build import build_chunks, finish_build, plan_build
 
     dicts = _tensor_dicts(graphs)
@@ -269,19 +269,9 @@ def _build_throughput(root: Path, graphs: _Graphs) -> tuple[float, float]:
     store_gps = len(dicts) / (time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    fields = ("labels", "area", "centroid", "bbox", "boundary")
-
-    def shards():  # the old builder's _pack, per shard of 256
+    def shards():  # as the old builder packed them, per shard of 256
         for g0 in range(0, len(dicts), SHARD):
-            part = dicts[g0:g0 + SHARD]
-            nodes = torch.tensor([int(g["labels"].numel()) for g in part])
-            edges = torch.tensor([int(g["edge_index"].shape[1]) for g in part])
-            zero = torch.zeros(1, dtype=torch.int64)
-            yield {"names": names[g0:g0 + SHARD], "node_ptr": torch.cat([zero, nodes.cumsum(0)]),
-                   "edge_ptr": torch.cat([zero, edges.cumsum(0)]),
-                   "image_size": torch.stack([g["image_size"] for g in part]),
-                   **{f: torch.cat([g[f] for g in part]) for f in fields},
-                   "edge_index": torch.cat([g["edge_index"] for g in part], dim=1)}
+            yield pack_shard(names[g0:g0 + SHARD], dicts[g0:g0 + SHARD])
 
     write_shard_cache(root / "build-cache", shards(), settings={"synthetic": True}, class_table=ade20k150())
     cache_gps = len(dicts) / (time.perf_counter() - t0)

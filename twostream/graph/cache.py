@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from twostream.graph.store import GraphStore, StoreError, write_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CACHE_FORMAT", "ShardCache", "convert_shard_cache", "write_shard_cache"]
+__all__ = ["CACHE_FORMAT", "ShardCache", "convert_shard_cache", "pack_shard", "write_shard_cache"]
 
 CACHE_FORMAT = "twostream-graph-cache-v1"
 META = "meta.json"
@@ -121,6 +121,19 @@ class ShardCache:
         return SceneGraph.from_tensors(self.tensors(name), self.class_table)
 
     __getitem__ = get
+
+
+def pack_shard(names: Sequence[str], graphs: Sequence[dict[str, Tensor]]) -> dict[str, Any]:
+    """One shard of the old format from per-graph tensor dicts (:meth:`SceneGraph.to_tensors`), as its builder packed
+    them: ``{"names", "node_ptr", "edge_ptr", "image_size", node fields, "boundary", "edge_index" (2, E)}``."""
+    zero = torch.zeros(1, dtype=torch.int64)
+    nodes = torch.tensor([int(g["labels"].numel()) for g in graphs], dtype=torch.int64)
+    edges = torch.tensor([int(g["edge_index"].shape[1]) for g in graphs], dtype=torch.int64)
+    return {"names": list(names), "node_ptr": torch.cat([zero, nodes.cumsum(0)]),
+            "edge_ptr": torch.cat([zero, edges.cumsum(0)]),
+            "image_size": torch.stack([g["image_size"] for g in graphs]),
+            **{f: torch.cat([g[f] for g in graphs]) for f in ("labels", "area", "centroid", "bbox", "boundary")},
+            "edge_index": torch.cat([g["edge_index"] for g in graphs], dim=1)}
 
 
 def write_shard_cache(cache_dir: str | Path, shards: Iterable[dict[str, Any]], *, settings: dict,
