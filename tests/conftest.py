@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,6 +16,11 @@ from twostream.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ADE = REPO.parent / "shared" / "ade20k"
+
+# The most a test may leave in its tmp_path. CI machines have been seen with a few hundred MB of free disk, and
+# pyproject.toml's tmp_path_retention_policy = "failed" frees a test's folder only once it passes; a test over this
+# fails, naming its largest files (a Swin-T checkpoint alone is 330 MB: tests use timm's test_vit).
+TEST_DISK_BUDGET_MB = 200
 
 # Four scene types, 64 px: enough for a loss to fall in a few steps, small enough for seconds per epoch.
 E2E_SCENES = ("bedroom", "kitchen", "street", "bathroom")
@@ -26,6 +34,38 @@ def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "ade"
     make_synthetic(root, train_per_scene=8, val_per_scene=4, size=64, seed=0, scenes=list(E2E_SCENES))
     return root
+
+
+def module_dir(request: pytest.FixtureRequest, name: str) -> Path:
+    """A new folder for a module-scoped fixture, removed when the module's tests are done (so the suite's module
+    fixtures do not pile up on disk until the session ends, as ``tmp_path_factory.mktemp`` folders do)."""
+    path = request.getfixturevalue("tmp_path_factory").mktemp(name)
+    request.addfinalizer(functools.partial(shutil.rmtree, path, ignore_errors=True))
+    return path
+
+
+def _file_sizes(root: Path) -> dict[Path, int]:
+    """Bytes of each file under ``root``, hard links counted once."""
+    sizes, seen = {}, set()
+    for folder, _, files in os.walk(root):
+        for name in files:
+            st = os.lstat(path := Path(folder, name))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                sizes[path] = st.st_blocks * 512
+    return sizes
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    result = yield
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if tmp is not None and (total := sum((sizes := _file_sizes(tmp)).values())) > TEST_DISK_BUDGET_MB * 2**20:
+        largest = ", ".join(f"{p.relative_to(tmp)} {n / 2**20:.0f} MB"
+                            for p, n in sorted(sizes.items(), key=lambda kv: -kv[1])[:3])
+        raise AssertionError(f"the test left {total / 2**20:.0f} MB in tmp_path, over TEST_DISK_BUDGET_MB = "
+                             f"{TEST_DISK_BUDGET_MB} (tests/conftest.py); largest: {largest}")
+    return result
 
 
 def tiny_classifier_config(root: Path, out: Path, *extra: str) -> Config:

@@ -5,11 +5,12 @@ baseline, which reads no segmenter at all."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_tool, tiny_classifier_config
+from conftest import module_dir, run_tool, tiny_classifier_config
 
 from twostream.config import ConfigError, config_to_dict, load_config, save_config
 from twostream.data.classes import ade20k150
@@ -32,11 +33,11 @@ SEG_ARCH = ["model.segmenter.backbone=resnet10t", "model.segmenter.fpn_channels=
 
 
 @pytest.fixture(scope="module")
-def seg_run(synthetic_root, tmp_path_factory) -> Path:
+def seg_run(synthetic_root, request) -> Path:
     """A segmentation-stage run folder (random weights, the format tools/train.py writes) and its export."""
     from twostream.models.segmenter import build_segmenter
 
-    folder = tmp_path_factory.mktemp("seg") / "run"
+    folder = module_dir(request, "seg") / "run"
     cfg = load_config(REPO / "configs/seg/quickstart.yaml",
                       [f"data.root={synthetic_root}", "data.image_size=[64, 64]", *SEG_ARCH, f"output.dir={folder}"])
     torch.manual_seed(0)
@@ -49,10 +50,10 @@ def seg_run(synthetic_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cls_run(tmp_path_factory) -> Path:
+def cls_run(request) -> Path:
     from infer_fixtures import make_run
 
-    folder = make_run(tmp_path_factory.mktemp("cls") / "run")
+    folder = make_run(module_dir(request, "cls") / "run")
     export_safetensors(folder, folder.parent / "export")
     return folder
 
@@ -195,11 +196,13 @@ def test_image_only_config_shows_and_reads_no_segmenter(capsys):
     assert seg["kind"] == "none" and seg["checkpoint"] == ""  # the base's runs/upsnet_swin_t/best.pth is not read
 
 
-def test_image_only_swin_trains_with_no_segmenter_checkpoint_anywhere(synthetic_root, tmp_path, capsys):
+def test_image_only_config_trains_with_no_segmenter_checkpoint_anywhere(synthetic_root, tmp_path, capsys):
     run = tmp_path / "run"
+    # timm's test_vit for Swin-T: the point is the config's missing segmenter, and Swin-T's checkpoint is 330 MB
     rc, _, err = run_tool("tools/train.py", "--config", REPO / "configs/image_only_swin.yaml", "--opts",
                           f"data.root={synthetic_root}", "data.image_size=[64, 64]", "data.scenes.mode=all",
                           "data.max_items=16", "data.num_workers=0", "model.image_encoder.pretrained=false",
+                          "model.image_encoder.name=test_vit",
                           "train.epochs=1", "train.batch_size=8", "train.device=cpu", "eval.batch_size=16",
                           f"output.dir={run}", "output.tensorboard=false", capsys=capsys)
     assert rc == 0, err
@@ -207,6 +210,8 @@ def test_image_only_swin_trains_with_no_segmenter_checkpoint_anywhere(synthetic_
     ckpt = load_checkpoint(run / "last.pth")
     assert ckpt["step"] == 2 and not any(k.startswith("segmenter.") for k in ckpt["model"])
     assert load_config(run / "config.yaml").model.segmenter.kind == "none"
+    # one epoch: best.pth, last.pth and the numbered checkpoint are one file on disk, stream means included
+    assert "stream_means" in ckpt and len({os.stat(p).st_ino for p in run.glob("*.pth")}) == 1
 
 
 def test_config_refuses_double_normalisation():

@@ -25,7 +25,8 @@ TOOLS = REPO / "tools"
 # the quick-start configs at test size (a ResNet-10 UPSNet of 16 channels, timm's test ViT, a small GAT)
 SEG = ["data.image_size=[64, 64]", "model.segmenter.backbone=resnet10t", "model.segmenter.fpn_channels=16",
        "model.segmenter.head_channels=8", "data.num_workers=0", "train.batch_size=8", "train.epochs=2",
-       "train.warmup_steps=2", "train.log_every=1", "eval.every_epochs=1", "output.tensorboard=false"]
+       "train.warmup_steps=2", "train.log_every=1", "eval.every_epochs=1", "output.tensorboard=false",
+       "train.keep_last=1"]
 CLS = [*SEG, "model.image_encoder.name=test_vit", "model.gnn.hidden_dim=16", "model.gnn.heads=2",
        "model.gnn.class_embed_dim=8", "model.fusion.dim=16", "train.lr=3e-3"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_classifier_config
+from conftest import module_dir, tiny_classifier_config
 
 from twostream.config import save_config
 from twostream.engine.checkpoint import CheckpointError, load_checkpoint
@@ -81,18 +81,18 @@ def exact_config(synthetic_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(exact_config, tmp_path_factory) -> dict[str, torch.Tensor]:
+def reference(exact_config, request) -> dict[str, torch.Tensor]:
     """The final weights of the uninterrupted run."""
-    run = tmp_path_factory.mktemp("reference") / "run"
+    run = module_dir(request, "reference") / "run"
     train(exact_config(run))
     return weights(run)
 
 
 @pytest.fixture(scope="module")
-def reference_command(exact_config, tmp_path_factory) -> dict[str, torch.Tensor]:
+def reference_command(exact_config, request) -> dict[str, torch.Tensor]:
     """The final weights of the uninterrupted run of the same command, in a fresh process like the interrupted
     runs (a fresh process is the claim: a run in this test process could see state earlier tests left in it)."""
-    folder = tmp_path_factory.mktemp("reference-command")
+    folder = module_dir(request, "reference-command")
     run = folder / "run"
     save_config(exact_config(run), folder / "cfg.yaml")
     proc = start([sys.executable, "tools/train.py", "--config", str(folder / "cfg.yaml")], folder / "train.log")

@@ -13,19 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import module_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def relation_run(tmp_path_factory):
+def relation_run(request):
     """A synthetic set where half the living and dining rooms are relation-only, and a classifier trained 1 epoch."""
     from conftest import tiny_classifier_config
 
     from twostream.data.synthetic import make_synthetic
     from twostream.engine.trainer import train
 
-    root = tmp_path_factory.mktemp("relation") / "ade"
+    root = module_dir(request, "relation") / "ade"
     meta = make_synthetic(root, train_per_scene=4, val_per_scene=6, size=64, seed=1, relation_fraction=0.5,
                           scenes=["living_room", "dining_room", "bedroom"])
     run = root.parent / "run"

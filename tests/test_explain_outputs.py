@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_tool
+from conftest import module_dir, run_tool
 from infer_fixtures import SCENES, make_run, photos, shared_run
 
 from twostream.data.classes import ade20k150
@@ -179,12 +179,12 @@ def test_panel_draws_importance_cam_and_streams(explained, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic_root, tmp_path_factory):
+def trained(synthetic_root, request):
     from conftest import tiny_classifier_config
 
     from twostream.engine.trainer import train
 
-    out = tmp_path_factory.mktemp("explain-run")
+    out = module_dir(request, "explain-run")
     cfg = tiny_classifier_config(synthetic_root, out, "train.epochs=1", "train.stream_means_images=20")
     train(cfg)
     return out

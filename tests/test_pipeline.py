@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import module_dir
 
 from twostream.config import load_config, save_config
 from twostream.engine.checkpoint import load_checkpoint
@@ -37,8 +38,8 @@ def seg_config(root: Path, out: Path):
 
 
 @pytest.fixture(scope="module")
-def staged_run(synthetic_root, tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("staged")
+def staged_run(synthetic_root, request) -> dict[str, Path]:
+    base = module_dir(request, "staged")
     seg_cfg = seg_config(synthetic_root, base / "seg")
     train(seg_cfg)
     seg_ckpt = base / "seg" / "best.pth"

@@ -28,6 +28,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -55,6 +56,7 @@ __all__ = [
     "capture_rng",
     "export_safetensors",
     "inference_config",
+    "link_checkpoint",
     "load_checkpoint",
     "load_model_state",
     "load_segmenter",
@@ -237,6 +239,31 @@ def read_commands(run_dir: str | Path) -> list[str]:
     return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
+def link_checkpoint(target: str | Path, alias: str | Path) -> Path:
+    """Make ``alias`` a hard link to ``target`` (a copy where the file system has no hard links), swapped in atomically.
+
+    A run folder's ``last.pth`` / ``best.pth`` and its newest numbered checkpoint are then one file on disk, not three.
+
+    Raises:
+        CheckpointError: the file system refused the write; ``alias``, if it existed, still holds its old content.
+    """
+    target, alias = Path(target), Path(alias)
+    tmp = alias.with_name(f".{alias.name}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(target, tmp)
+        except OSError as e:  # file systems without hard links
+            if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+                raise
+            shutil.copyfile(target, tmp)
+        os.replace(tmp, alias)
+    except OSError as e:
+        _remove(str(tmp))
+        raise write_error(alias, e) from None
+    return alias
+
+
 _NUMBERED = re.compile(r"ckpt_e(\d+)_s(\d+)\.pth$")
 
 
@@ -270,9 +297,9 @@ class CheckpointManager:
                 still hold the previous checkpoint (each is swapped in whole or not at all).
         """
         path = atomic_torch_save(state, self.run_dir / f"ckpt_e{epoch:03d}_s{step:07d}.pth")
-        self._alias(path, self.last)
+        link_checkpoint(path, self.last)
         if is_best:
-            self._alias(path, self.best)
+            link_checkpoint(path, self.best)
         for old in self.numbered()[: -self.keep_last]:
             try:
                 old.unlink(missing_ok=True)
@@ -280,22 +307,6 @@ class CheckpointManager:
                 log.warning("%s: could not remove an old checkpoint (%s)", old, e.strerror or e)
         return path
 
-    def _alias(self, target: Path, alias: Path) -> None:
-        tmp = alias.with_name(f".{alias.name}.tmp")
-        try:
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(target, tmp)
-            except OSError as e:  # file systems without hard links
-                if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
-                    raise
-                import shutil
-
-                shutil.copyfile(target, tmp)
-            os.replace(tmp, alias)
-        except OSError as e:
-            _remove(str(tmp))
-            raise write_error(alias, e) from None
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -225,19 +225,23 @@ def record_stream_means(run_dir: str | Path, model: nn.Module, batches: Iterable
     """Add ``"stream_means"`` to the run's final checkpoints, each computed with that checkpoint's own weights.
 
     ``batches``: an iterable over training batches (re-iterated per checkpoint; the classifier task passes its
-    training loader). The model's weights are put back as they were. Checkpoints are rewritten atomically; files that
-    are hard links of one another (``last.pth`` = ``best.pth``) are computed once. Returns the files written.
+    training loader). The model's weights are put back as they were. Each file is computed once: the run folder's
+    ``.pth`` files that are hard links of a named one (``last.pth`` = ``best.pth`` = the newest
+    ``ckpt_e*_s*.pth``) are rewritten as one file and linked again, so the folder holds as many copies on disk as
+    before. Returns the files written.
     """
-    from twostream.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model_state
+    from twostream.engine.checkpoint import atomic_torch_save, link_checkpoint, load_checkpoint, load_model_state
 
     run_dir = Path(run_dir)
     if max_images <= 0 or batches is None:
         return []
-    paths = [run_dir / n for n in names if (run_dir / n).is_file()]
+    files = [run_dir / n for n in names if (run_dir / n).is_file()]
+    files += sorted(p for p in run_dir.glob("*.pth") if p.name not in names)
     groups: dict[tuple[int, int], list[Path]] = {}
-    for path in paths:
+    for path in files:
         st = os.stat(path)
         groups.setdefault((st.st_dev, st.st_ino), []).append(path)
+    groups = {k: group for k, group in groups.items() if group[0].name in names}
     original = {k: v.detach().clone() for k, v in model.state_dict().items()}
     written = []
     try:
@@ -247,8 +251,8 @@ def record_stream_means(run_dir: str | Path, model: nn.Module, batches: Iterable
                 continue
             load_model_state(model, ckpt["model"], group[0])
             ckpt["stream_means"] = compute_stream_means(model, batches, max_images=max_images)
-            for path in group:
-                written.append(atomic_torch_save(ckpt, path))
+            written.append(atomic_torch_save(ckpt, group[0]))
+            written += [link_checkpoint(group[0], path) for path in group[1:]]
             log.info("stream means over %d training images stored in %s", ckpt["stream_means"]["num_images"],
                      ", ".join(p.name for p in group))
     finally:
