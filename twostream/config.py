@@ -42,6 +42,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from twostream.atomic import atomic_write_text
+
 __all__ = [
     "SEGMENTER_ARCHITECTURE",
     "ADE20KFullConfig",
@@ -691,14 +693,9 @@ def config_to_dict(cfg: Any) -> dict:
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the fully resolved config as YAML; :func:`load_config` reads it back to an equal object."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = "# resolved twostream config: every value this run used\n"
     text += yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def json_hash(obj: Any, length: int = 16) -> str:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+from twostream.atomic import atomic_write_text
 from twostream.config import Config, ConfigError, config_to_dict, load_config
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,5 @@ def run_ablation(config: str | Path | None, variants: Sequence[str], *, seeds: i
                    "runs": {v: {str(s): {"dir": str(Path(out) / v / f"seed{s}"), "scores": sc}
                                 for s, sc in r.items()} for v, r in ordered.items()},
                    "summary": summary, "failed": failed}
-    tmp = out / "ablation.json.tmp"
-    tmp.write_text(json.dumps(record_json, indent=1, allow_nan=True))
-    tmp.replace(out / "ablation.json")
+    atomic_write_text(out / "ablation.json", json.dumps(record_json, indent=1, allow_nan=True))
     return {"table": table, "summary": summary, "runs": record_json["runs"], "failed": failed}

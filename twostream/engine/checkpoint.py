@@ -30,7 +30,6 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
+
+from twostream.atomic import atomic_write
 
 if TYPE_CHECKING:
     from twostream.config import Config
@@ -93,31 +94,22 @@ def write_error(path: Path, e: OSError, what: str = "the checkpoint") -> Checkpo
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, flush to disk, then rename over ``path``.
-
-    A crash (or SIGKILL) at any moment leaves either the old file or the new one, never half of one.
+    """``torch.save`` through :func:`twostream.atomic.atomic_write` (a temporary file in the same folder, flushed to
+    disk, renamed over ``path``): a crash (or SIGKILL) at any moment leaves either the old file or the new one.
 
     Raises:
         CheckpointError: the file system refused the write (disk full, read-only or foreign folder); the temporary
             file is removed and the file at ``path``, if any, is untouched.
     """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+
+    path = Path(path)
+    try:
+        return atomic_write(path, save, durable=True)
     except OSError as e:
-        _remove(tmp)
         raise write_error(path, e) from None
-    except BaseException:
-        _remove(tmp)
-        raise
-    return path
 
 
 def _remove(tmp: str | None) -> None:
@@ -517,18 +509,8 @@ def write_export(out_dir: str | Path, *, state: dict[str, torch.Tensor], config:
     out.mkdir(parents=True, exist_ok=True)
 
     def save(tensors: dict[str, torch.Tensor], name: str, metadata: dict[str, str]) -> Path:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-        os.close(fd)
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a shared model is read by others
-            os.replace(tmp, out / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return out / name
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        return atomic_write(out / name, lambda tmp: save_file(tensors, tmp, metadata=metadata), durable=True)
 
     weights = save(state, "model.safetensors", {"format": FORMAT, "stage": str(stage), "step": str(step)})
     save_config(config, out / "config.yaml")

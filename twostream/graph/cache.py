@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from twostream.atomic import atomic_write
 from twostream.data.classes import ClassTable
 from twostream.graph.scene_graph import SceneGraph
-from twostream.graph.store import GraphStore, StoreError, write_atomic
+from twostream.graph.store import GraphStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +148,12 @@ def write_shard_cache(cache_dir: str | Path, shards: Iterable[dict[str, Any]], *
     cache_dir.mkdir(parents=True, exist_ok=True)
     names = []
     for k, shard in enumerate(shards):
-        write_atomic(cache_dir / SHARD.format(k), lambda p, s=shard: torch.save(s, p))
+        atomic_write(cache_dir / SHARD.format(k), lambda p, s=shard: torch.save(s, p))
         names.append(list(shard["names"]))
     meta = {"format": CACHE_FORMAT, "key": "written", "source": source, "checkpoint": checkpoint,
             "settings": settings, "class_table": class_table.to_dict(), "num_items": sum(map(len, names)),
             "shard_size": shard_size, "num_shards": len(names), "complete": True, "shards": names}
-    write_atomic(cache_dir / META, lambda p: p.write_text(json.dumps(meta) + "\n"))
+    atomic_write(cache_dir / META, lambda p: p.write_text(json.dumps(meta) + "\n"))
     return cache_dir
 
 

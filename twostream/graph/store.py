@@ -40,8 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +53,7 @@ from twostream.graph.scene_graph import SceneGraph
 log = logging.getLogger(__name__)
 
 __all__ = ["BUILD_MANIFEST", "MANIFEST", "STORE_FORMAT", "GraphStore", "StoreError", "field_kind", "is_store",
-           "store_files", "write_atomic"]
+           "store_files"]
 
 STORE_FORMAT = "twostream-graph-store-v1"
 MANIFEST = "store.json"
@@ -70,11 +69,6 @@ class StoreError(ValueError):
     """A graph store is missing, unfinished, stale or damaged. The message is one line naming the folder."""
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename ``tmp`` to ``path``: a file at ``path`` is always whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def field_kind(key: str, values: Sequence[np.ndarray | Tensor], num_nodes: Sequence[int],

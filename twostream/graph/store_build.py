@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from twostream.atomic import atomic_write
 from twostream.config import json_hash
 from twostream.data.classes import ClassTable
 from twostream.graph.builder import SceneGraphBuilder
@@ -48,7 +49,6 @@ from twostream.graph.store import (
     StoreError,
     field_kind,
     store_files,
-    write_atomic,
 )
 from twostream.graph.store_sources import Predict, Result, item_names, item_results, scene_lookup
 
@@ -139,7 +139,7 @@ def write_chunk(path: Path, chunk: dict[str, np.ndarray]) -> None:
         with tmp.open("wb") as f:
             np.savez(f, **chunk)
 
-    write_atomic(path, write)
+    atomic_write(path, write)
 
 
 @dataclass
@@ -229,7 +229,7 @@ def plan_build(store_dir: str | Path, *, source: str, settings: dict | None, cla
     for tmp in [*store_dir.glob("*.tmp"), *parts.glob("*.tmp")]:  # leftovers of an interrupted write: never whole
         tmp.unlink()
     parts.mkdir(exist_ok=True)
-    write_atomic(store_dir / BUILD_MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
+    atomic_write(store_dir / BUILD_MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
     return plan, False
 
 
@@ -337,7 +337,11 @@ def _field_specs(plan: BuildPlan, index: list[dict]) -> dict[str, dict]:
 
 
 def _save(path: Path, array: np.ndarray) -> None:
-    write_atomic(path, lambda p: np.save(p.open("wb"), np.ascontiguousarray(array), allow_pickle=False))
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: given a path, np.save would append ".npy" to the temporary name
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def finish_build(plan: BuildPlan) -> GraphStore:
@@ -413,7 +417,7 @@ def finish_build(plan: BuildPlan) -> GraphStore:
 
     manifest = {**plan.manifest, "num_graphs": totals["graph"], "num_nodes": totals["node"],
                 "num_edges": totals["edge"], "fields": specs, "scenes": scene_table, "complete": True}
-    write_atomic(d / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n"))
+    atomic_write(d / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n"))
     shutil.rmtree(d / PARTS, ignore_errors=True)
     (d / BUILD_MANIFEST).unlink(missing_ok=True)
     return GraphStore(d)
