@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from twostream.benchmark.inference import CI_OVERRIDES
 from twostream.config import ConfigError, load_config
 from twostream.data.classes import ade20k150
 from twostream.graph.builder import SceneGraphBuilder
@@ -27,16 +28,7 @@ SMALL = [
     f"data.image_size=[{SIZE}, {SIZE}]",
     "model.image_encoder.pretrained=false",
     "model.segmenter.pretrained=false",
-    "model.segmenter.backbone=resnet10t",
-    "model.segmenter.fpn_channels=16",
-    "model.segmenter.head_channels=8",
-    "model.segmenter.deformable=false",
-    "model.gnn.hidden_dim=16",
-    "model.gnn.heads=2",
-    "model.gnn.num_layers=2",
-    "model.gnn.class_embed_dim=8",
-    "model.fusion.dim=16",
-    "model.fusion.rank=8",
+    *CI_OVERRIDES,  # the toy widths the inference benchmark's --ci rows use too
 ]
 TINY_TIMM = {"vit_": "test_vit", "resnet": "test_resnet"}
 

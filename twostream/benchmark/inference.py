@@ -43,7 +43,7 @@ __all__ = ["CI_OVERRIDES", "DEFAULT_MODELS", "MODELS_BY_NAME", "STAGES", "Infere
 STAGES = ("segmenter", "builder", "gnn", "image_encoder", "fusion_head")
 IMAGE_ONLY = ("model.gnn.enabled=false", "model.fusion.type=none")
 
-# CI sizes: the configs' structure with toy widths and timm's test models (as tests/test_two_stream.py), no downloads.
+# CI sizes: the configs' structure with toy widths and timm's test models (tests/test_two_stream.py uses these too).
 CI_OVERRIDES = (
     "model.segmenter.backbone=resnet10t",
     "model.segmenter.fpn_channels=16",
