@@ -82,6 +82,11 @@ def test_a_segmenter_export_loads_with_the_checkpoints_weights(seg_run):
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
     trained = load_trained(export)
     assert trained["stage"] == "segmentation" and trained["step"] == 3 and trained["vocabulary"] is None
+    # the config-only read (segmenter specs, config checks, eval) leaves the weights on disk, and says the same
+    header = load_trained(export, weights=False)
+    assert header["model"] == {} and trained["model"]
+    assert {k: v for k, v in header.items() if k != "model"} == {k: v for k, v in trained.items() if k != "model"}
+    assert load_trained(seg_run, weights=False)["config"] == load_checkpoint(seg_run / "best.pth")["config"]
 
 
 def test_eval_tool_on_a_classifier_export(cls_run, synthetic_root, tmp_path, capsys):

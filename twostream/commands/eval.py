@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
 
             from twostream.config import config_from_dict, save_config
 
-            own = config_from_dict(load_trained(args.checkpoint, mmap=True)["config"])
+            own = config_from_dict(load_trained(args.checkpoint, weights=False)["config"])
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = load_config(save_config(own, f"{tmp}/config.yaml"), args.opts)
     subsets = [parse_subset_arg(text) for text in args.subset]

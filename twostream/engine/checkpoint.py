@@ -328,8 +328,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def _load_export(file: Path) -> dict:
-    """An export folder's files as a checkpoint-like dict (no optimizer state); a missing or bad file is one line."""
+def _load_export(file: Path, weights: bool = True) -> dict:
+    """An export folder's files as a checkpoint-like dict (no optimizer state); a missing or bad file is one line.
+    ``weights=False``: ``model`` is empty and only the file's header is read."""
     import yaml
     from safetensors import safe_open
 
@@ -343,7 +344,7 @@ def _load_export(file: Path) -> dict:
     try:
         with safe_open(str(file), framework="pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            state = {k: f.get_tensor(k) for k in f.keys()} if weights else {}  # noqa: SIM118 (no __iter__)
     except Exception as e:  # safetensors raises its own error types for a truncated or foreign file
         raise CheckpointError(f"{file}: not a readable safetensors file "
                               f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
@@ -381,17 +382,22 @@ def _load_export(file: Path) -> dict:
     return out
 
 
-def load_trained(path: str | Path, mmap: bool = False) -> dict:
+def load_trained(path: str | Path, mmap: bool = False, weights: bool = True) -> dict:
     """A trained model from a run folder, a checkpoint file or an export (see :func:`resolve_checkpoint`).
 
     Returns the checkpoint dict (``stage``, ``model``, ``config``, ``class_table``, ``vocabulary``, ``step``, ...;
-    an export has no optimizer state) with ``"path"``: the file it was read from.
+    an export has no optimizer state) with ``"path"``: the file it was read from. ``mmap``: a ``.pth`` file's tensors
+    are memory-mapped, read only when touched. ``weights=False``: for a caller that wants the config and tables
+    only; an export's ``model`` is then empty (its weights file is not read), a ``.pth`` file is memory-mapped.
 
     Raises:
         CheckpointError: one line: not found, truncated, foreign, or an incomplete export.
     """
     file = resolve_checkpoint(path)
-    ckpt = _load_export(file) if file.suffix == ".safetensors" else load_checkpoint(file, mmap=mmap)
+    if file.suffix == ".safetensors":
+        ckpt = _load_export(file, weights=weights)
+    else:
+        ckpt = load_checkpoint(file, mmap=mmap or not weights)
     ckpt["path"] = file
     return ckpt
 
@@ -460,7 +466,7 @@ def resolve_segmenter_config(cfg: Config) -> Config:
     if (cfg.train.stage != "classifier" or seg.kind == "none" or not segmenter_class(seg.kind).weights_from_checkpoint
             or not seg.checkpoint or not segmenter_needed(cfg)):
         return cfg
-    ckpt = load_trained(seg.checkpoint, mmap=True)
+    ckpt = load_trained(seg.checkpoint, weights=False)
     source = ckpt["path"]
     trained = config_from_dict(ckpt["config"], source=f"{source} (config)").model.segmenter
     if trained.kind != seg.kind:

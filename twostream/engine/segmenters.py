@@ -56,7 +56,7 @@ def segmenter_from_spec(spec: str, graph: GraphConfig | None = None) -> tuple[Se
     if cls.weights_from_checkpoint:
         source = resolve_checkpoint(seg_cfg.checkpoint)
         segmenter = ready_segmenter(dataclasses.replace(seg_cfg, checkpoint=str(source)))
-        raw = load_trained(source, mmap=True)["config"]
+        raw = load_trained(source, weights=False)["config"]
         run = config_from_dict(raw, source=f"{source} (config)")
         # it segments at the size it was trained at (its run's input_size, else its data.image_size)
         seg_cfg = dataclasses.replace(seg_cfg, checkpoint=str(source), input_size=trained_input_size(raw))
@@ -75,7 +75,8 @@ def resolved_input_size(seg: SegmenterConfig) -> SegmenterConfig:
     if seg.input_size is not None or seg.kind == "none" or not seg.checkpoint or \
             not segmenter_class(seg.kind).weights_from_checkpoint:
         return seg
-    return dataclasses.replace(seg, input_size=trained_input_size(load_trained(seg.checkpoint, mmap=True)["config"]))
+    trained = load_trained(seg.checkpoint, weights=False)["config"]
+    return dataclasses.replace(seg, input_size=trained_input_size(trained))
 
 
 def segmenter_geometry(cfg: Config, segmenter: Segmenter) -> SegmenterInput:
