@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from twostream.data.vocabulary import SceneVocabulary
+from twostream.data.vocabulary import SceneVocabulary, select_scenes
 
 __all__ = ["StoreGraphs"]
 
@@ -58,22 +58,11 @@ class StoreGraphs(Dataset):
 
     def _select(self, vocabulary: SceneVocabulary | None, max_items: int) -> None:
         self.vocabulary = vocabulary
-        scene_ids, table, store = self._scene_ids, self.scene_table, self.store
-        if vocabulary is None:
-            keep, classes = np.ones(len(scene_ids), dtype=bool), np.full(len(scene_ids), -1, dtype=np.int32)
-            self.dropped = self.unlabelled = 0
-        else:
-            lut = np.array([-1 if (i := vocabulary.index(s)) is None else i for s in table] + [-1], dtype=np.int32)
-            classes = lut[scene_ids]
-            keep = classes >= 0
-            self.unlabelled = int((scene_ids < 0).sum())
-            self.dropped = int(((scene_ids >= 0) & ~keep).sum())
-            if self.unlabelled:
-                log.warning("%s: %d graph(s) have no scene label (left out)", store.store_dir, self.unlabelled)
-        index = np.flatnonzero(keep)
-        if max_items:
-            index = index[:max_items]
-        self.indices, self.classes = index, classes[index]
+        chosen = select_scenes(self._scene_ids, self.scene_table, vocabulary, max_items)
+        self.dropped, self.unlabelled = chosen.dropped, chosen.unlabelled
+        if self.unlabelled:
+            log.warning("%s: %d graph(s) have no scene label (left out)", self.store.store_dir, self.unlabelled)
+        self.indices, self.classes = chosen.index, chosen.classes
         self.skipped = 0
 
     def raw_scenes(self) -> list[str]:

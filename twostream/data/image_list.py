@@ -26,7 +26,7 @@ from torchvision import tv_tensors
 
 from twostream.data.bad_items import SubstitutesBadItems
 from twostream.data.io import DataError, load_image
-from twostream.data.vocabulary import SceneVocabulary
+from twostream.data.vocabulary import SceneVocabulary, select_scenes
 
 __all__ = ["ImageListDataset", "decode", "encode", "warn_list"]
 
@@ -89,26 +89,14 @@ class ImageListDataset(SubstitutesBadItems, Dataset):
     def _select(self, vocabulary: SceneVocabulary | None) -> None:
         paths, names, scene_ids = self._all
         self.vocabulary = vocabulary
-        if vocabulary is None:
-            keep = np.ones(len(paths), dtype=bool)
-            classes = np.full(len(paths), -1, dtype=np.int32)
-            self.dropped, self.unlabelled = 0, 0
-        else:
-            lut = np.array([-1 if (i := vocabulary.index(s)) is None else i for s in self.scene_table] + [-1],
-                           dtype=np.int32)  # the extra last entry serves scene id -1
-            classes = lut[scene_ids]
-            keep = classes >= 0
-            self.unlabelled = int((scene_ids < 0).sum())
-            self.dropped = int(((scene_ids >= 0) & ~keep).sum())
-        index = np.flatnonzero(keep)
-        if self.max_items:
-            index = index[:self.max_items]
+        chosen = select_scenes(scene_ids, self.scene_table, vocabulary, self.max_items)
+        self.dropped, self.unlabelled, index = chosen.dropped, chosen.unlabelled, chosen.index
         if not len(index):
             raise DataError(f"{self.image_root}: no usable items in {self.what} ({len(paths)} listed, outside the "
                             f"vocabulary: {self.dropped}, without scene: {self.unlabelled})")
         self.paths, self.scene_ids = paths[index], scene_ids[index]
         self._names = names[index] if names is not None else None
-        self.classes = classes[index]
+        self.classes = chosen.classes
 
     def with_vocabulary(self, vocabulary: SceneVocabulary | None, max_items: int | None = None) -> ImageListDataset:
         """The same list seen through another vocabulary (and ``max_items``): a shallow copy sharing the arrays."""

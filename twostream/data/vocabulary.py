@@ -20,11 +20,14 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from twostream.config import SceneVocabConfig
 
-__all__ = ["OTHER", "SceneVocabulary", "build_vocabulary"]
+__all__ = ["OTHER", "SceneSelection", "SceneVocabulary", "build_vocabulary", "select_scenes"]
 
 log = logging.getLogger(__name__)
 
@@ -230,3 +233,42 @@ class SceneVocabulary:
 def build_vocabulary(cfg: SceneVocabConfig, train_scenes: Iterable[str]) -> SceneVocabulary:
     """The vocabulary ``cfg`` (``cfg.data.scenes``) selects from the training scene labels."""
     return SceneVocabulary.from_config(cfg, train_scenes)
+
+
+@dataclass(frozen=True)
+class SceneSelection:
+    """The items a vocabulary keeps: ``index (K,)`` int64 positions into the full list, ``classes (K,)`` int32
+    vocabulary indices (-1 when no vocabulary), and how many were left out: ``dropped`` (a scene outside the
+    vocabulary) and ``unlabelled`` (no scene)."""
+
+    index: np.ndarray
+    classes: np.ndarray
+    dropped: int
+    unlabelled: int
+
+
+def select_scenes(scene_ids: np.ndarray, scene_table: Sequence[str], vocabulary: SceneVocabulary | None,
+                  max_items: int = 0) -> SceneSelection:
+    """The items of a dataset or graph store that ``vocabulary`` has a class for, vectorised over ``scene_ids``.
+
+    Args:
+        scene_ids: ``(M,)`` int index into ``scene_table`` per item, -1 = no scene known.
+        scene_table: the scene names the ids refer to.
+        vocabulary: ``None`` keeps every item, with class -1.
+        max_items: keep only the first N kept items (0 = all).
+    """
+    scene_ids = np.asarray(scene_ids)
+    if vocabulary is None:
+        keep, classes = np.ones(len(scene_ids), dtype=bool), np.full(len(scene_ids), -1, dtype=np.int32)
+        dropped = unlabelled = 0
+    else:
+        # one lookup per scene name, not per item; the extra last entry serves scene id -1
+        lut = np.array([-1 if (i := vocabulary.index(s)) is None else i for s in scene_table] + [-1], dtype=np.int32)
+        classes = lut[scene_ids]
+        keep = classes >= 0
+        unlabelled = int((scene_ids < 0).sum())
+        dropped = int(((scene_ids >= 0) & ~keep).sum())
+    index = np.flatnonzero(keep)
+    if max_items:
+        index = index[:max_items]
+    return SceneSelection(index, classes[index], dropped, unlabelled)
