@@ -89,6 +89,23 @@ def test_a_segmenter_export_loads_with_the_checkpoints_weights(seg_run):
     assert load_trained(seg_run, weights=False)["config"] == load_checkpoint(seg_run / "best.pth")["config"]
 
 
+def test_a_segmenter_is_scored_on_full_ade20k_mapped_to_150_at_the_annotations_size(seg_run, tmp_path):
+    from test_data_readers import _ade_full
+
+    from twostream.engine.evaluate import evaluate_checkpoint
+
+    root = _ade_full(tmp_path / "ADE20K_2021_17_01")  # validation: one 12 x 8 image
+    cfg = load_config(None, [f"data.root={root}", "data.format=ade20k_full", "data.full.labels=ade150",
+                             "data.scenes.mode=all", "data.num_workers=0", "data.image_size=[64, 64]"])
+    metrics = evaluate_checkpoint(seg_run, cfg=cfg, split="validation", out_dir=tmp_path / "eval", device="cpu")
+    s = metrics["segmentation"]
+    assert s["num_images"] == 1 and 0 <= s["miou"] <= 1 and metrics["graph_quality"]["micro"]["node_f1"] >= 0
+    full_labels = load_config(None, [f"data.root={root}", "data.format=ade20k_full", "data.full.labels=full"])
+    with pytest.raises(ValueError, match=r"a segmenter of 'ade20k150' labels cannot be scored on the annotations of "
+                                         r".* \('ade20k_full' labels\)"):
+        evaluate_checkpoint(seg_run, cfg=full_labels, split="validation", out_dir=tmp_path / "eval2", device="cpu")
+
+
 def test_eval_tool_on_a_classifier_export(cls_run, synthetic_root, tmp_path, capsys):
     opts = ["--opts", f"data.root={synthetic_root}", "data.num_workers=0", "--device", "cpu"]
     rc, _, err = run_tool("tools/eval.py", "--checkpoint", cls_run.parent / "export", "--out", tmp_path / "export",

@@ -61,6 +61,17 @@ def test_synthetic_set_through_the_reader(synthetic):
 
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"real ADE20K sample absent: {SAMPLE}")
+def test_original_labels_are_the_file_at_its_own_size(synthetic):
+    _, val, _ = build_datasets(_config(synthetic, "data.scenes.mode=all", "data.image_size=[40, 48]"))
+    assert "sem_seg_original" not in val[0]  # off unless evaluation asks
+    val.keep_original_labels = True
+    item = val[3]
+    assert item["sem_seg"].shape == (40, 48)
+    original = np.asarray(Image.open(synthetic / "annotations/validation" / f"{item['name']}.png"))
+    assert item["sem_seg_original"].dtype == torch.int64 and item["sem_seg_original"].shape == (64, 64)
+    np.testing.assert_array_equal(item["sem_seg_original"].numpy(), original)
+
+
 def test_real_sample_pair():
     ds = ADE20KDataset(SAMPLE, "validation", SceneVocabulary(["abbey"]))
     assert ds.names == ["ADE_val_00000001", "ADE_val_00000002"]

@@ -192,6 +192,8 @@ def test_ade20k_full_reader(tmp_path, caplog, monkeypatch):
     lut = np.zeros(2979, np.int64)
     lut[[312, 1831, 2855, 2978]] = [2, 13, 5, 1]
     assert torch.equal(mapped[1]["sem_seg"], torch.from_numpy(lut[expected]))
+    mapped.keep_original_labels = True  # what evaluation asks for; without a transform it equals sem_seg
+    assert torch.equal(mapped[1]["sem_seg_original"], torch.from_numpy(lut[expected]))
     label_map = tmp_path / "mapFromADE.txt"
     label_map.write_text("2\t312\n13 1831\n")
     only_two = full.ADE20KFullDataset(root, "training", None, labels="ade150", label_map=str(label_map))

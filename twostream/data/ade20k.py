@@ -137,12 +137,19 @@ class ADE20KDataset(SubstitutesBadItems, Dataset):
         instances: also read ``annotations_instance/<split>/<stem>.png`` (R = class id, G = instance index) and
             transform its masks jointly with the image; the folder must exist.
 
+    Attributes:
+        keep_original_labels: also return ``"sem_seg_original"``, the annotation before the transform ``(H0, W0)``
+            int64 at the image's own size (the same decoded file, not read again): what evaluation scores
+            segmentation and graphs against. Off by default.
+
     Items (``__getitem__``) follow the data contract: ``{"image": (3, H, W) float32 in [0, 1], "sem_seg": (H, W)
     int64 (0 = other, 1..150, 255 = ignore), "scene": int (-1 = unknown), "name": str}``, with ``instances`` also
     ``"instances": {"boxes": (M, 4) float32 xyxy pixels of the transformed image (x1, y1 exclusive), "labels": (M,)
     int64 class ids, "masks": (M, H, W) bool}``: instances the transform cropped away are dropped and boxes are
     recomputed from the transformed masks (:func:`~twostream.data.transforms.instance_targets`).
     """
+
+    keep_original_labels = False
 
     def __init__(
         self,
@@ -280,6 +287,8 @@ class ADE20KDataset(SubstitutesBadItems, Dataset):
         if img.dtype == torch.uint8:
             img = img.float().div_(255.0)
         item = {"image": img, "sem_seg": mask.as_subclass(torch.Tensor).long(), "scene": scene, "name": stem}
+        if self.keep_original_labels:
+            item["sem_seg_original"] = torch.from_numpy(label).long()
         if self.instances:
             item["instances"] = instance_targets(inputs[2], torch.from_numpy(inst["labels"]))
         return item

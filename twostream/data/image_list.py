@@ -71,6 +71,9 @@ class ImageListDataset(SubstitutesBadItems, Dataset):
     """
 
     exif_transpose = True  # photos without label maps are shown upright (a label map would be drawn on stored pixels)
+    # True: items with a label map also carry "sem_seg_original", the map before the transform (H0, W0) int64, the
+    # decoded array itself (what evaluation scores against; see ADE20KDataset)
+    keep_original_labels = False
 
     def __init__(self, image_root: Path, paths: np.ndarray, names: np.ndarray | None, scene_ids: np.ndarray,
                  scene_table: list[str], vocabulary: SceneVocabulary | None, transform: Any = None,
@@ -168,6 +171,8 @@ class ImageListDataset(SubstitutesBadItems, Dataset):
         item = {"image": img, "scene": int(self.classes[index]), "name": self.name(index)}
         if label is not None:
             item["sem_seg"] = inputs[1].as_subclass(torch.Tensor).long()
+            if self.keep_original_labels:
+                item["sem_seg_original"] = torch.from_numpy(label).long()
         return item
 
     def _unreadable_message(self, index: int, count: int) -> str:

@@ -73,32 +73,6 @@ def _dataset(cfg: Config, split: str, vocabulary, instances: bool = False):
     return open_dataset(cfg, split, vocabulary, build_transforms(cfg.data, train=False))
 
 
-class OriginalAnnotations(torch.utils.data.Dataset):
-    """Adds ``item["sem_seg_original"]``, the item's annotation at its image's own size ``(H, W)`` int64 (read
-    from its file again: the transforms resized ``"sem_seg"``), which segmentation and graph quality are scored
-    against (:mod:`twostream.engine.evaluators.semseg`)."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-        self.paths = {stem: ann for stem, _, ann, _ in dataset.items}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getattr__(self, name: str):
-        if name in ("dataset", "paths"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-    def __getitem__(self, index: int):
-        from twostream.data.io import load_label
-
-        item = self.dataset[index]
-        if item is not None:
-            item["sem_seg_original"] = torch.from_numpy(load_label(self.paths[item["name"]])).long()
-        return item
-
-
 def _at_size(cfg: Config, size: tuple[int, int]) -> Config:
     """``cfg`` whose items are read at ``size`` (the model's input size) instead of ``data.image_size``."""
     if tuple(size) == tuple(cfg.data.image_size):
@@ -116,8 +90,9 @@ def _split_loader(cfg: Config, split: str, *, vocabulary=None, gt_graphs=None, i
         dataset = store_items(store_cfg, split, vocabulary, max_items=cfg.data.max_items)
     else:
         dataset = _dataset(cfg, split, vocabulary, instances=instances)
-        if originals:
-            dataset = OriginalAnnotations(dataset)
+        # the annotation at the image's own size, which segmentation and graph quality are scored against
+        # (evaluators/semseg.py): the reader keeps the label map it decoded before the transform resized it
+        dataset.keep_original_labels = originals
     if gt_graphs is not None:
         dataset = WithGraphs(dataset, builder=gt_graphs)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, shuffle=False,
@@ -145,14 +120,30 @@ def _store_config(model_cfg: Config, cfg: Config) -> Config:
     return dataclasses.replace(model_cfg, data=cfg.data, graph=graph)
 
 
+def annotation_table(data) -> ClassTable | None:
+    """The label set of ``data``'s annotations (a :class:`~twostream.config.DataConfig`): the ADEChallengeData2016
+    layout's (ADE20K-150, or the dataset's own ``class_table.csv``), full ADE20K's (``data.full.labels``: ADE20K-150
+    or its own table of every class), or ``None`` for Places365 and folder data, which have no annotations."""
+    if data.format == "ade20k":
+        return dataset_class_table(data)
+    if data.format == "ade20k_full":
+        if data.full.labels == "ade150":
+            from twostream.data.classes import ade20k150
+
+            return ade20k150()
+        from twostream.data.ade20k_full import full_class_table, read_index
+
+        return full_class_table(read_index(data.root)["classes"])
+    return None
+
+
 def _scores_segmentation(class_table: ClassTable, cfg: Config) -> bool:
-    """Segmentation and graph quality are defined when the segmenter predicts the annotations' label set (ADE20K-150,
-    or the dataset's own class_table.csv), on the ADEChallengeData2016 layout: Places365 and folder data have no
-    annotations, and the original-size annotations of full ADE20K are not read back (its scenes are scored)."""
-    if cfg.data.format != "ade20k":
-        log.info("data.format %s: mIoU and graph quality are scored on the ade20k format only", cfg.data.format)
+    """Segmentation and graph quality are defined when the segmenter predicts the annotations' label set
+    (:func:`annotation_table`); Places365 and folder data have no annotations (their scenes are scored)."""
+    annotations = annotation_table(cfg.data)
+    if annotations is None:
+        log.info("data.format %s has no annotations: mIoU and graph quality are not scored", cfg.data.format)
         return False
-    annotations = dataset_class_table(cfg.data)
     if tuple(class_table.names) == tuple(annotations.names):
         return True
     log.warning("the segmenter predicts '%s' labels, the annotations are '%s': mIoU and graph quality are "
@@ -218,8 +209,10 @@ def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, 
 
     segmenter = load_segmenter(path, device)
     if not _scores_segmentation(class_table, cfg):
-        raise ValueError(f"{path}: a segmenter of '{class_table.name}' labels cannot be scored on the annotations of "
-                         f"{cfg.data.root} ('{dataset_class_table(cfg.data).name}' labels)")
+        annotations = annotation_table(cfg.data)
+        raise ValueError(f"{path}: a segmenter of '{class_table.name}' labels cannot be scored on "
+                         + (f"the annotations of {cfg.data.root} ('{annotations.name}' labels)" if annotations else
+                            f"{cfg.data.root}: data.format {cfg.data.format} has no annotations"))
     # it segments at the size it was trained at (or model.segmenter.input_size), whatever cfg.data.image_size is
     seg_cfg = model_cfg.model.segmenter
     if seg_cfg.input_size is None:
