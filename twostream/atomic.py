@@ -1,10 +1,11 @@
 """Whole-file writes: a file at its final name is always complete, the old one or the new one, never half of one.
 
-Every file the project writes for later reading (checkpoints, exports, resolved configs, graph stores and caches,
-ablation records) goes through :func:`atomic_write`: the content is written to a temporary file in the same folder
-(``.{name}.{random}.tmp``, so concurrent writers of one name never share it), optionally flushed to disk, given the
-permissions a plain ``open`` would give, and renamed over the target. A crash or SIGKILL at any moment leaves the old
-file and, at worst, a ``*.tmp`` leftover that readers never open::
+Every file the project writes for later reading (checkpoints, exports, resolved configs, vocabularies, metrics,
+graph stores and caches, the full-ADE20K index, ablation records) goes through :func:`atomic_write`: the content is
+written to a temporary file in the same folder (``.{name}.{random}.tmp``, so concurrent writers of one name never
+share it), optionally flushed to disk, given the permissions a plain ``open`` would give, and renamed over the
+target. A crash or SIGKILL at any moment leaves the old file and, at worst, a ``*.tmp`` leftover that readers never
+open::
 
     >>> atomic_write(Path("run/config.yaml"), lambda tmp: tmp.write_text(text))
     >>> atomic_write(Path("run/last.pth"), lambda tmp: torch.save(state, tmp), durable=True)

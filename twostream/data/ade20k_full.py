@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from twostream.atomic import atomic_write_text
 from twostream.data.classes import ClassTable, ade20k150
 from twostream.data.image_list import MAX_NAMED, ImageListDataset, encode, warn_list
 from twostream.data.io import DataError, load_image
@@ -162,10 +163,7 @@ def read_index(root: str | Path, workers: int = 0) -> dict:
                                 base / stem, ndx, name, index["classes"][ndx])
         index["images"] = dict(sorted(index["images"].items()))
         index["classes"] = dict(sorted(index["classes"].items(), key=lambda kv: int(kv[0])))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(index))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(index))
     return index
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from twostream.atomic import atomic_write_text
 from twostream.config import SceneVocabConfig
 
 __all__ = ["OTHER", "SceneSelection", "SceneVocabulary", "build_vocabulary", "select_scenes"]
@@ -178,12 +179,7 @@ class SceneVocabulary:
 
     def save(self, path: str | Path) -> Path:
         """Write ``vocabulary.json`` (class order, the other flag and the training counts); atomic."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> SceneVocabulary:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from twostream.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 __all__ = ["format_per_class_table", "format_subset_table", "save_confusion_png", "write_metrics_json"]
@@ -73,9 +75,4 @@ def save_confusion_png(metrics: dict, path: str | Path, normalize: bool = True) 
 
 
 def write_metrics_json(metrics: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=1, allow_nan=True))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(metrics, indent=1, allow_nan=True))
