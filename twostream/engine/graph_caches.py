@@ -143,16 +143,14 @@ def build_command(cfg: Config, split: str) -> str:
 def open_store(cfg: Config, split: str, settings: dict | None = None):
     """The graph store of ``split`` for ``cfg``; a missing one is a one-line error naming the folder and the command
     that builds it."""
-    from twostream.graph.store import GraphStore, StoreError
+    from twostream.graph.store import GraphStore, MissingStoreError
 
     folder = store_dir(cfg, split)
     try:
         return GraphStore(folder, settings=settings)
-    except StoreError as e:
-        if not (folder / "store.json").is_file() and "no graph store" in str(e):
-            raise StoreError(f"{folder}: no graph store for graph.source={cfg.graph.source}, split '{split}'; "
-                             f"build it with `{build_command(cfg, split)}`") from None
-        raise
+    except MissingStoreError:
+        raise MissingStoreError(f"{folder}: no graph store for graph.source={cfg.graph.source}, split '{split}'; "
+                                f"build it with `{build_command(cfg, split)}`") from None
 
 
 def _has_annotations(cfg: Config, split: str) -> bool:
@@ -215,9 +213,7 @@ def graphs_only_datasets(cfg: Config):
         StoreError: a store that is needed is missing (one line naming the folder and the build command), stale or
             unfinished.
     """
-    from twostream.data.graph_items import StoreGraphs
     from twostream.data.vocabulary import build_vocabulary
-    from twostream.graph.builder import shaping_settings
     from twostream.graph.store import is_store
 
     if not graphs_only(cfg):
@@ -229,9 +225,8 @@ def graphs_only_datasets(cfg: Config):
         log.info("no gt graph store at %s: graphs are built from each item's annotation (%s builds the store, and "
                  "then training reads no image)", store_dir(cfg, d.train_split), build_command(cfg, d.train_split))
         return None
-    # the shaping settings only: the class table is the store's own (a segmenter's, or the full ADE20K table)
-    stores = [open_store(cfg, s, shaping_settings(cfg.graph)) for s in splits]
-    items = [StoreGraphs(store, None, scenes=_store_scenes(cfg, store)) for store in stores]
+    items = [store_items(cfg, s, None) for s in splits]
+    stores = [split_items.store for split_items in items]
     train_scenes = items[0].raw_scenes()
     vocabulary = build_vocabulary(d.scenes, train_scenes)
     train, val = (split_items.with_vocabulary(vocabulary, d.max_items) for split_items in items)

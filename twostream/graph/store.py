@@ -52,8 +52,8 @@ from twostream.graph.scene_graph import SceneGraph
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BUILD_MANIFEST", "MANIFEST", "STORE_FORMAT", "GraphStore", "StoreError", "field_kind", "is_store",
-           "store_files"]
+__all__ = ["BUILD_MANIFEST", "MANIFEST", "STORE_FORMAT", "GraphStore", "MissingStoreError", "StoreError", "field_kind",
+           "is_store", "store_files"]
 
 STORE_FORMAT = "twostream-graph-store-v1"
 MANIFEST = "store.json"
@@ -67,6 +67,11 @@ _INDEX_FILES = ("node_ptr.npy", "edge_ptr.npy", "names.npy", "names_sorted.npy",
 
 class StoreError(ValueError):
     """A graph store is missing, unfinished, stale or damaged. The message is one line naming the folder."""
+
+
+class MissingStoreError(StoreError):
+    """No store and no trace of one (no build under way, no old cache) in the folder: callers that know the command
+    building it say so (:func:`twostream.engine.graph_caches.open_store`)."""
 
 
 
@@ -115,7 +120,7 @@ def _missing_store_error(store_dir: Path) -> StoreError:
         return StoreError(f"{store_dir}: a graph cache of the old shard format; convert it with "
                           f"`python tools/build_graphs.py --convert {store_dir}` (or rebuild it with "
                           "tools/build_graphs.py)")
-    return StoreError(f"{store_dir}: no graph store here (no {MANIFEST}); build it with tools/build_graphs.py")
+    return MissingStoreError(f"{store_dir}: no graph store here (no {MANIFEST}); build it with tools/build_graphs.py")
 
 
 class GraphStore:

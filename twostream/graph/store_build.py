@@ -10,8 +10,9 @@ how the chunks were spread over processes.
 
 The build key (``build.json``, then ``store.json``) is a hash of everything that decides the graphs: the builder
 settings, the class table, the source, the segmenter identity (an opaque string the caller computes), how the label
-maps were sized (``map_size``, a JSON-ready dict the caller computes: the segmenter's input size for ``pred``), the
-item names and the chunk size. A folder whose key differs is stale and is rebuilt, never reused.
+maps were sized (``map_size``, a JSON-ready dict the caller computes: the segmenter's input size for ``pred``) and
+the item names; not the chunk size, which does not change the content (an unfinished build records its own in
+``build.json``). A folder whose key differs is stale and is rebuilt, never reused.
 
 Sources. Items come from a ``Sequence`` (``len`` and indexing) of data-contract dicts (``{"name", "sem_seg",
 "image", ...}``, e.g. ``ADE20KDataset``) or ``(name, array)`` pairs: a label map for ``gt``, an image ``(3, H, W)`` in

@@ -44,10 +44,12 @@ def graph_from_json_file(path: Path) -> SceneGraph:
 
 
 class _JsonGraphs(Dataset):
-    """Files -> ``(name, tensors, class table dict)`` or ``(path, reason)`` for a bad file, read in workers."""
+    """Files -> ``("ok", name, tensors)``, or ``("bad", path, reason)`` for a file that is not a scene graph or whose
+    class table is not ``expected`` (a store holds one label set), read in workers: a table of thousands of names is
+    compared there, not sent back with every graph."""
 
-    def __init__(self, files: list[Path]) -> None:
-        self.files = files
+    def __init__(self, files: list[Path], expected: dict, expected_name: str) -> None:
+        self.files, self.expected, self.expected_name = files, expected, expected_name
 
     def __len__(self) -> int:
         return len(self.files)
@@ -58,7 +60,10 @@ class _JsonGraphs(Dataset):
             graph = graph_from_json_file(path)
         except (ValueError, KeyError, TypeError) as e:
             return "bad", str(path), str(e).split("\n")[0]
-        return "ok", path.stem, graph.to_tensors(), graph.class_table.to_dict()
+        if graph.class_table.to_dict() != self.expected:
+            return "bad", str(path), (f"class table '{graph.class_table.name}' is not the first graph's "
+                                      f"'{self.expected_name}'; a store holds one label set")
+        return "ok", path.stem, graph.to_tensors()
 
 
 def _list_json(folder: Path) -> list[Path]:
@@ -106,14 +111,11 @@ def build_store_from_json(folder: str | Path, store_dir: str | Path, *, scenes: 
                           chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, write=write)
 
     def results(indices: list[int]) -> Iterator[tuple[int, tuple | None]]:
-        loader = DataLoader(_JsonGraphs(files), batch_size=None, sampler=indices, num_workers=num_workers)
+        loader = DataLoader(_JsonGraphs(files, expected, table.name), batch_size=None, sampler=indices,
+                            num_workers=num_workers)
         for index, out in zip(indices, loader):
             if out[0] == "bad":
                 bad.append((out[1], out[2]))
-                yield index, None
-            elif out[3] != expected:
-                bad.append((str(files[index]), f"class table '{out[3]['name']}' is not the first graph's "
-                                               f"'{table.name}'; a store holds one label set"))
                 yield index, None
             else:
                 yield index, (out[1], out[2])
@@ -127,7 +129,7 @@ def build_store_from_json(folder: str | Path, store_dir: str | Path, *, scenes: 
     if bad:
         log.warning("%s: %d of %d files skipped as not scene graphs", folder, len(bad), len(files))
     if store is not None and scenes is not None:
-        missing = sum(1 for i in store.scene_index.tolist() if i < 0)
+        missing = int((store.scene_index < 0).sum())
         if missing:
             log.warning("%s: %d graph(s) have no line in the scene file", store_dir, missing)
     return store
