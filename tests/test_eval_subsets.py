@@ -132,3 +132,29 @@ def test_synthetic_lists_restricted_to_the_split(tmp_path):
         "relation_only": ["ADE_val_00000003"]}
     assert synthetic_subsets(tmp_path / "elsewhere", ["x"]) == {}
 
+
+
+def test_subsets_of_data_whose_names_have_folders(tmp_path):
+    """Folder (and Places365) item names are ``<scene>/<stem>``: a subset file lists them so, and the split's
+    names come from the reader data.format names, not from the ADE20K layout."""
+    import numpy as np
+    from PIL import Image
+
+    from twostream.config import load_config
+    from twostream.engine.evaluate import _split_stems
+    from twostream.engine.evaluators.subsets import read_subsets
+
+    for rel in ("val/kitchen/a1.jpg", "val/kitchen/a2.jpg", "val/street/b1.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / rel)
+    cfg = load_config(None, [f"data.root={tmp_path}", "data.format=folder", "data.val_split=val",
+                             "data.max_items=1", "graph.source=pred", "model.segmenter.kind=hf",
+                             "model.segmenter.hf_model=x"])
+    stems = _split_stems(cfg, "val")
+    assert stems == ["kitchen/a1", "kitchen/a2", "street/b1"]  # every item, whatever data.max_items keeps
+    (tmp_path / "mine.txt").write_text("kitchen/a2.jpg\nstreet/b1\n")
+    assert read_subsets(tmp_path, "val", stems, {"mine": tmp_path / "mine.txt"}) == {
+        "mine": ["kitchen/a2", "street/b1"]}
+    (tmp_path / "bare.txt").write_text("a2\n")  # a bare stem is not the name of a folder dataset's image
+    with pytest.raises(ValueError, match=r"1 of 1 stems are not images of the val split \(a2\)"):
+        read_subsets(tmp_path, "val", stems, {"x": tmp_path / "bare.txt"})

@@ -100,17 +100,17 @@ def _split_loader(cfg: Config, split: str, *, vocabulary=None, gt_graphs=None, i
 
 
 def _split_stems(cfg: Config, split: str, store_cfg: Config | None = None) -> list[str]:
-    """Every image stem of the split (before the vocabulary, ``max_items`` or unreadable files leave some out): what
-    subset files are checked against. It reads what :func:`_split_loader` reads (the graph store's names with
-    ``store_cfg``), so the two change together."""
-    from twostream.data.ade20k import list_split
-
+    """Every item name of the split (before the vocabulary or ``max_items`` leave some out): what subset files are
+    checked against. It opens what :func:`_split_loader` opens, with the reader ``data.format`` names (the graph
+    store's names with ``store_cfg``), so the two change together."""
     if store_cfg is not None:
         from twostream.engine.graph_caches import open_store
 
         return list(open_store(store_cfg, split).names)
+    from twostream.data.ade20k import open_dataset
 
-    return [stem for stem, _, _ in list_split(cfg.data.root, split)[0]]
+    every = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_items=0, instances=False))
+    return list(open_dataset(every, split, None).names)
 
 
 def _store_config(model_cfg: Config, cfg: Config) -> Config:

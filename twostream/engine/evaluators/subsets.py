@@ -5,10 +5,11 @@ Subsets come from two places:
 - the dataset's ``synthetic.json`` (written by :func:`~twostream.data.synthetic.make_synthetic`): every top-level list
   of image names with at least one image of the evaluated split is a subset of that name (``relation_only``: the
   images whose scene only an adjacency tells);
-- ``--subset NAME=FILE``: a text file with one image stem per line (``ADE_val_00000001``; a file name such as
-  ``ADE_val_00000001.jpg`` is read as its stem; blank lines and lines starting with ``#`` are skipped). Every stem
-  must be an image of the split; listed images the evaluation leaves out (outside the scene vocabulary, beyond
-  ``data.max_items``, unreadable) are simply not scored.
+- ``--subset NAME=FILE``: a text file with one item name per line, as the split's reader names its items
+  (``ADE_val_00000001``; ``kitchen/a1`` for folder data; an image extension is dropped, and a path such as
+  ``images/validation/ADE_val_00000001.jpg`` names the split's ``ADE_val_00000001``; blank lines and lines starting
+  with ``#`` are skipped). Every name must be an item of the split; listed images the evaluation leaves out
+  (outside the scene vocabulary, beyond ``data.max_items``, unreadable) are simply not scored.
 
 ``metrics.json`` gains ``"subsets": {name: {"top1", "top{k}", "mean_class_accuracy", "num_images"}}``.
 """
@@ -44,7 +45,8 @@ def parse_subset_arg(text: str) -> tuple[str, str]:
 
 
 def read_subset_file(path: str | Path) -> list[str]:
-    """The image stems a subset file lists, in order, each once."""
+    """The image stems a subset file lists, in order, each once; a stem keeps its folders (the names of Places365 and
+    folder data have them: ``kitchen/a1``), which :func:`read_subsets` drops for a split whose names have none."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: subset file not found (--subset NAME=FILE: one image stem per line)")
@@ -53,8 +55,8 @@ def read_subset_file(path: str | Path) -> list[str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        stem = Path(line).stem if line.lower().endswith(_IMAGE_SUFFIXES) else line
-        stems[Path(stem).name] = None
+        stem = line.rsplit(".", 1)[0] if line.lower().endswith(_IMAGE_SUFFIXES) else line
+        stems[stem.replace("\\", "/")] = None
     return list(stems)
 
 
@@ -97,9 +99,12 @@ def read_subsets(root: str | Path, split: str, split_stems: Collection[str] | Ca
     split_set = set(split_stems() if callable(split_stems) else split_stems)
     subsets = synthetic_subsets(root, split_set)
     for name, file in files:
-        stems = read_subset_file(file)
-        if not stems:
+        listed = read_subset_file(file)
+        if not listed:
             raise ValueError(f"--subset {name}={file}: the file lists no image stems")
+        # a path such as images/validation/ADE_val_00000001.jpg names the split's ADE_val_00000001
+        stems = list(dict.fromkeys(s if s in split_set or Path(s).name not in split_set else Path(s).name
+                                   for s in listed))
         unknown = [s for s in stems if s not in split_set]
         if unknown:
             shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
