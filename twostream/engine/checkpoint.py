@@ -412,9 +412,10 @@ def inference_config(cfg: Config) -> Config:
     ))
 
 
-def load_segmenter(path: str | Path, device: str | torch.device = "cpu"):
+def load_segmenter(path: str | Path | dict, device: str | torch.device = "cpu"):
     """A trained segmenter from a segmentation-stage checkpoint, a classifier checkpoint that contains one, or the
-    export of either (a run folder resolves to its ``best.pth``; see :func:`resolve_checkpoint`).
+    export of either (a run folder resolves to its ``best.pth``; see :func:`resolve_checkpoint`); or from such a
+    checkpoint already read with :func:`load_trained` (its dict), so that a caller holding it does not read it again.
 
     The segmenter is built from the checkpoint's own config: the checkpoint is the one source of truth for its
     architecture. Returns the :class:`~twostream.models.segmenter.Segmenter` in eval mode on ``device``, with the
@@ -424,7 +425,7 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu"):
     from twostream.data.classes import ClassTable
     from twostream.models.segmenter import build_segmenter
 
-    ckpt = load_trained(path)
+    ckpt = path if isinstance(path, dict) else load_trained(path)
     source = ckpt["path"]
     cfg = inference_config(config_from_dict(ckpt["config"], source=f"{source} (config)"))
     class_table = ClassTable.from_dict(ckpt["class_table"])

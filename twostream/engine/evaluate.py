@@ -188,7 +188,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
             raise ValueError(f"--subset scores scene classification; {path} is a segmentation-stage checkpoint")
         if explain:
             raise ValueError(f"{path}: --explain explains a scene classifier; this is a segmentation checkpoint")
-        metrics = _evaluate_segmenter(path, cfg, model_cfg, split, class_table, dev, batch_size, ckpt["config"])
+        metrics = _evaluate_segmenter(ckpt, cfg, model_cfg, split, class_table, dev, batch_size)
     elif ckpt.get("stage") == "classifier":
         explain_with = explain_method if explain else None
         metrics = _evaluate_classifier(ckpt, path, cfg, model_cfg, split, class_table, graphs, dev, batch_size, out,
@@ -201,13 +201,14 @@ def evaluate_checkpoint(checkpoint: str | Path, *, cfg: Config | None = None, sp
     return metrics
 
 
-def _evaluate_segmenter(path: Path, cfg: Config, model_cfg: Config, split: str, class_table: ClassTable,
-                        device: torch.device, batch_size: int | None, raw_config: dict) -> dict:
+def _evaluate_segmenter(ckpt: dict, cfg: Config, model_cfg: Config, split: str, class_table: ClassTable,
+                        device: torch.device, batch_size: int | None) -> dict:
     from twostream.engine.checkpoint import load_segmenter, trained_input_size
     from twostream.graph.builder import SceneGraphBuilder
     from twostream.models.segmenter_input import ResizedSegmenter, segmenter_input
 
-    segmenter = load_segmenter(path, device)
+    path, raw_config = ckpt["path"], ckpt["config"]
+    segmenter = load_segmenter(ckpt, device)  # the checkpoint read once
     if not _scores_segmentation(class_table, cfg):
         annotations = annotation_table(cfg.data)
         raise ValueError(f"{path}: a segmenter of '{class_table.name}' labels cannot be scored on "

@@ -14,7 +14,7 @@ import torch
 
 from twostream.config import Config, DataConfig, GraphConfig, SegmenterConfig, config_from_dict
 from twostream.data.classes import ade20k150
-from twostream.engine.checkpoint import load_segmenter, load_trained, resolve_checkpoint, trained_input_size
+from twostream.engine.checkpoint import load_segmenter, load_trained, trained_input_size
 from twostream.models.segmenter import SEGMENTERS, parse_segmenter_spec, segmenter_class
 from twostream.models.segmenter_base import Segmenter
 from twostream.models.segmenter_input import SegmenterInput, segmenter_input
@@ -36,7 +36,7 @@ def ready_segmenter(cfg: SegmenterConfig, device: str | torch.device = "cpu") ->
         if not cfg.checkpoint:
             raise ValueError(f"segmenter kind '{cfg.kind}' runs from a trained checkpoint: set "
                              f"model.segmenter.checkpoint (or --segmenter {cls.spec_form})")
-        return load_segmenter(resolve_checkpoint(cfg.checkpoint), device)
+        return load_segmenter(cfg.checkpoint, device)  # (load_trained resolves a run folder or an export)
     return cls.from_config(dataclasses.replace(cfg, trainable=False), ade20k150()).to(device).eval()
 
 
@@ -54,9 +54,9 @@ def segmenter_from_spec(spec: str, graph: GraphConfig | None = None) -> tuple[Se
         raise ValueError(f"--segmenter none gives no graphs; give {forms}")
     cls = segmenter_class(seg_cfg.kind)
     if cls.weights_from_checkpoint:
-        source = resolve_checkpoint(seg_cfg.checkpoint)
-        segmenter = ready_segmenter(dataclasses.replace(seg_cfg, checkpoint=str(source)))
-        raw = load_trained(source, weights=False)["config"]
+        ckpt = load_trained(seg_cfg.checkpoint)  # read once: the weights and the run's config
+        source, raw = ckpt["path"], ckpt["config"]
+        segmenter = load_segmenter(ckpt)
         run = config_from_dict(raw, source=f"{source} (config)")
         # it segments at the size it was trained at (its run's input_size, else its data.image_size)
         seg_cfg = dataclasses.replace(seg_cfg, checkpoint=str(source), input_size=trained_input_size(raw))
