@@ -16,7 +16,7 @@ from infer_fixtures import SCENES, make_run, photos, shared_run
 
 from twostream.data.classes import ade20k150
 from twostream.explain import SceneExplanation
-from twostream.graph.builder import SceneGraphBuilder, pixel_confidence
+from twostream.graph.builder import SceneGraphBuilder, labels_and_confidence, pixel_confidence
 from twostream.graph.scene_graph import SceneGraph
 from twostream.inference import Prediction, Predictor
 
@@ -52,6 +52,9 @@ def test_builder_pools_confidence_per_node_against_a_loop(backend):
 def test_pixel_confidence_is_the_max_softmax():
     logits = torch.randn(2, 7, 5, 6) * 4
     torch.testing.assert_close(pixel_confidence(logits), logits.softmax(1).amax(1))
+    labels, confidence = labels_and_confidence(logits.bfloat16())  # half-precision logits under autocast
+    assert torch.equal(labels, logits.bfloat16().argmax(1)) and confidence.dtype == torch.float32
+    torch.testing.assert_close(confidence, logits.bfloat16().float().softmax(1).amax(1))
 
 
 def test_confidence_round_trips_exactly():

@@ -463,7 +463,7 @@ class Predictor:
 
     def _run(self, inputs: list[_Input], topk: int, explain: bool = False,
              scene_index: int | None = None) -> list[Prediction]:
-        from twostream.graph.builder import pixel_confidence
+        from twostream.graph.builder import labels_and_confidence
 
         x = torch.stack([inp.tensor for inp in inputs]).to(self.device)  # (B, 3, h, w)
         logits = labels = graphs = confidence = None
@@ -474,8 +474,7 @@ class Predictor:
             if self.segmenter is not None:  # graphs built here, the way the graph store builds them
                 xs = torch.stack([inp.seg_tensor for inp in inputs]).to(self.device) if own_input else x
                 sem_logits = segment(self.segmenter, xs, self.segmenter_input)  # (B, K, h, w) at its size
-                labels = sem_logits.argmax(dim=1)  # (B, h, w)
-                confidence = pixel_confidence(sem_logits)  # (B, h, w) max softmax probability
+                labels, confidence = labels_and_confidence(sem_logits)  # (B, h, w): argmax, max softmax probability
                 boxes = [_scale_box(b, xs.shape[-2:], labels.shape[-2:]) for b in boxes]
                 void = labels
                 if any(b[2:] != tuple(labels.shape[-2:]) for b in boxes):
@@ -488,8 +487,7 @@ class Predictor:
                 out = self.model(x)
                 logits = out["logits"]
                 if "sem_logits" in out:  # built inside, at the segmenter's size
-                    labels, graphs = out["sem_logits"].argmax(dim=1), out["graphs"]
-                    confidence = pixel_confidence(out["sem_logits"])
+                    (labels, confidence), graphs = labels_and_confidence(out["sem_logits"]), out["graphs"]
                     boxes = [_scale_box(b, x.shape[-2:], labels.shape[-2:]) for b in boxes]
         probs = logits.float().softmax(dim=1).cpu() if logits is not None else None  # (B, S)
         explanations = None

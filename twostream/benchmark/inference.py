@@ -215,6 +215,7 @@ def _param_signature(module: nn.Module) -> float:
 class _SegmenterResult:
     timing: Timing
     maps: Tensor  # (B, H, W) int64
+    confidence: Tensor  # (B, H, W) float32
     features: Tensor | None  # (B, C, H/4, W/4)
 
 
@@ -233,6 +234,7 @@ def stage_calls(model: nn.Module, images: Tensor, *, segmenter_cache: dict | Non
     """
     from torch_geometric.data import Batch
 
+    from twostream.graph.builder import labels_and_confidence
     from twostream.models.segmenter_input import crop_outputs, segmenter_canvas
 
     calls: dict[str, Callable[[], Any]] = {}
@@ -252,12 +254,13 @@ def stage_calls(model: nn.Module, images: Tensor, *, segmenter_cache: dict | Non
 
         geometry = model.segmenter_input  # at the segmenter's size: resized, padded to its stride, cropped back
 
-        def segmenter_stage() -> tuple[Tensor, Tensor | None]:
+        def segmenter_stage() -> tuple[Tensor, Tensor, Tensor | None]:
             x, content = segmenter_canvas(images, geometry)
             out = (seg.forward_from_features(seg.forward_features(x), x.shape[-2:]) if model.shared_backbone
                    else seg(x))
             out = crop_outputs(out, content)
-            return out["sem_logits"].argmax(dim=1), out.get("features")  # (B, h, w), (B, C, h/4, w/4)
+            # labels and confidence as the model computes them outside training: (B, h, w) each
+            return *labels_and_confidence(out["sem_logits"]), out.get("features")  # features (B, C, h/4, w/4)
 
         calls["segmenter"] = segmenter_stage
         key = None
@@ -266,18 +269,18 @@ def stage_calls(model: nn.Module, images: Tensor, *, segmenter_cache: dict | Non
                    str(images.device), _param_signature(seg))
         if key is not None and key in segmenter_cache:
             cached: _SegmenterResult = segmenter_cache[key]
-            maps, features = cached.maps, cached.features
+            maps, confidence, features = cached.maps, cached.confidence, cached.features
             outputs["segmenter_timing"], outputs["segmenter_reused"] = cached.timing, True
         else:
-            maps, features = segmenter_stage()
+            maps, confidence, features = segmenter_stage()
             if key is not None:
                 timing = timer(segmenter_stage)
-                segmenter_cache[key] = _SegmenterResult(timing, maps, features)
+                segmenter_cache[key] = _SegmenterResult(timing, maps, confidence, features)
                 outputs["segmenter_timing"], outputs["segmenter_reused"] = timing, False
         features = features if model.pool_features else None
 
         def builder_stage():
-            graph_list = model.builder.build_batch(maps, features=features)
+            graph_list = model.builder.build_batch(maps, features=features, confidence=confidence)
             return Batch.from_data_list([g.to_pyg() for g in graph_list]).to(images.device)
 
         calls["builder"] = builder_stage

@@ -41,7 +41,8 @@ from twostream.graph.runs import (
 )
 from twostream.graph.scene_graph import SceneGraph
 
-__all__ = ["BUILDER_VERSION", "GRANULARITIES", "SceneGraphBuilder", "neighbourhood_offsets", "pixel_confidence",
+__all__ = ["BUILDER_VERSION", "GRANULARITIES", "SceneGraphBuilder", "labels_and_confidence", "neighbourhood_offsets",
+           "pixel_confidence",
            "shaping_settings"]
 
 # Bump when a change to this file changes the graphs it builds: caches keyed on `settings()` are then rebuilt.
@@ -53,11 +54,19 @@ GRANULARITIES = ("class", "region")
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def labels_and_confidence(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, K, H, W)`` class logits -> ``(B, H, W)`` int64 labels (the argmax) and ``(B, H, W)`` float32 max softmax
+    probability, from one max over the classes and a logsumexp, not a softmax:
+    ``max_k p_k = exp(max_k l_k - logsumexp_k l_k)``. (The logsumexp makes one ``(B, K, H, W)`` float32 temporary;
+    half-precision logits are also copied to float32 once for it.)"""
+    top, labels = logits.detach().max(dim=1)
+    return labels, torch.exp(top.float() - torch.logsumexp(logits.detach().float(), dim=1))
+
+
 def pixel_confidence(logits: Tensor) -> Tensor:
-    """``(B, K, H, W)`` class logits -> ``(B, H, W)`` float32 max softmax probability, without the softmax itself:
-    ``max_k p_k = exp(max_k l_k - logsumexp_k l_k)`` (two reductions, no ``(B, K, H, W)`` temporary)."""
-    logits = logits.detach().float()
-    return torch.exp(logits.amax(dim=1) - torch.logsumexp(logits, dim=1))
+    """``(B, K, H, W)`` class logits -> ``(B, H, W)`` float32 max softmax probability (:func:`labels_and_confidence`
+    without the labels)."""
+    return labels_and_confidence(logits)[1]
 
 
 def neighbourhood_offsets(connectivity: int, radius: int = 1) -> list[tuple[int, int]]:

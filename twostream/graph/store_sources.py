@@ -5,7 +5,7 @@ item that failed to load).
 - ``gt``: each item's label map (``sem_seg``) through the builder, inside DataLoader workers;
 - ``pred``: each item's image through ``predict`` (a segmenter) in batches on ``device``, then ``build_batch``.
   ``predict`` returns class logits ``(B, K, H, W)`` (computed once: the labels are their argmax and each node also
-  carries the segmenter's mean confidence, :func:`~twostream.graph.builder.pixel_confidence`) or label maps
+  carries the segmenter's mean confidence, :func:`~twostream.graph.builder.labels_and_confidence`) or label maps
   ``(B, H, W)`` (no confidence). Pixels labelled 255 in an item's ``sem_seg`` (padding the transforms added) are
   void in predicted graphs too.
 """
@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from twostream.data.classes import IGNORE_INDEX
-from twostream.graph.builder import SceneGraphBuilder, pixel_confidence
+from twostream.graph.builder import SceneGraphBuilder, labels_and_confidence
 
 __all__ = ["Predict", "Result", "item_names", "item_results", "scene_lookup"]
 
@@ -122,7 +122,7 @@ def _predict_graphs(batch: list, builder: SceneGraphBuilder, predict: Predict,
             predicted = predict(images)
         confidence = None
         if predicted.is_floating_point() and predicted.ndim == 4:  # class logits: labels and confidence from one pass
-            labels, confidence = predicted.argmax(dim=1), pixel_confidence(predicted)
+            labels, confidence = labels_and_confidence(predicted)
         else:
             labels = predicted
         if tuple(labels.shape) != (len(group), *images.shape[-2:]):

@@ -222,16 +222,19 @@ class TwoStreamClassifier(nn.Module):
             else:
                 seg = self.segmenter(segmenter_canvas(images, self.segmenter_input)[0])
         seg = crop_outputs(seg, content)  # the stride padding off: maps at the segmenter's size
-        sem_maps = seg["sem_logits"].argmax(dim=1)  # (B, h, w)
         features = seg.get("features") if self.pool_features else None  # (B, C, H/4, W/4)
         if self.pool_features and features is None:
             raise ValueError(f"{type(self.segmenter).__name__} returns no 'features' to pool under the nodes; "
                              "set graph.pool_features=false")
-        from twostream.graph.builder import pixel_confidence
+        from twostream.graph.builder import labels_and_confidence
 
-        # each node also carries the segmenter's mean confidence under it (explanations show it)
-        graph_list = self.builder.build_batch(sem_maps, features=features,
-                                              confidence=pixel_confidence(seg["sem_logits"]))
+        # Outside training each node also carries the segmenter's mean confidence under it (explanations and outputs
+        # show it; the GNN does not read it, so a training step skips the logsumexp over every class and pixel).
+        if self.training:
+            sem_maps, confidence = seg["sem_logits"].argmax(dim=1), None  # (B, h, w)
+        else:
+            sem_maps, confidence = labels_and_confidence(seg["sem_logits"])
+        graph_list = self.builder.build_batch(sem_maps, features=features, confidence=confidence)
         batch = Batch.from_data_list([g.to_pyg() for g in graph_list]).to(images.device)
         return batch, {"graphs": graph_list, "sem_logits": seg["sem_logits"]}
 
