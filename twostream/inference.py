@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from twostream.config import Config, GraphConfig, config_from_dict
 from twostream.data.classes import IGNORE_INDEX, ClassTable
-from twostream.data.transforms import resize_labels
+from twostream.data.transforms import apply_with_box, resize_labels
 from twostream.engine.checkpoint import (
     CheckpointError,
     inference_config,
@@ -378,19 +378,6 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------------ prediction
 
-    @staticmethod
-    def _apply(transform, chw: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:
-        """``transform`` on a ``(3, H, W)`` uint8 image -> (the tensor, its content box). The mask marks what
-        padding (``keep_ratio``) adds: the transform fills it with ``IGNORE_INDEX``."""
-        from torchvision import tv_tensors
-
-        h0, w0 = chw.shape[-2:]
-        x, mask = transform(tv_tensors.Image(chw), tv_tensors.Mask(torch.zeros(h0, w0, dtype=torch.uint8)))
-        content = (mask != IGNORE_INDEX).nonzero()
-        top, left = (int(v) for v in content.min(dim=0).values)
-        bottom, right = (int(v) + 1 for v in content.max(dim=0).values)
-        return x.as_subclass(Tensor), (top, left, bottom - top, right - left)
-
     def _prepare(self, image: np.ndarray) -> _Input:
         """``(H, W, 3)`` uint8 -> the model's input (and the segmenter's), and where the image lies in them."""
         h0, w0 = image.shape[:2]
@@ -402,10 +389,10 @@ class Predictor:
                 size = (max(1, round(h0 * scale)), max(1, round(w0 * scale)))
                 x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
             return _Input(x, (0, 0, *x.shape[-2:]), (h0, w0))
-        x, box = self._apply(self._transform, chw)
+        x, box = apply_with_box(self._transform, chw)
         inp = _Input(x, box, (h0, w0))
         if self._seg_transform is not None:  # the segmenter's input, resized from the photo itself
-            inp.seg_tensor, inp.seg_box = self._apply(self._seg_transform, chw)
+            inp.seg_tensor, inp.seg_box = apply_with_box(self._seg_transform, chw)
         return inp
 
     def predict(self, images: Sequence[np.ndarray | str | Path], topk: int = 5, batch_size: int = 8,

@@ -41,6 +41,7 @@ __all__ = [
     "Resize",
     "ResizeKeepRatio",
     "ResizePad",
+    "apply_with_box",
     "build_transforms",
     "instance_targets",
     "keep_ratio_size",
@@ -52,6 +53,18 @@ __all__ = [
 FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}  # padding: black image, unsupervised mask
 
 _MASK_INTERPOLATION = InterpolationMode.NEAREST_EXACT  # see module docstring
+
+
+def apply_with_box(transform: Any, chw: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """A deterministic ``transform`` on a ``(3, H, W)`` uint8 image -> (the image tensor, its content box
+    ``(top, left, height, width)`` in it): the part that is the photo, not the padding ``keep_ratio`` adds. A
+    blank mask rides along, and the transform fills what it pads with ``IGNORE_INDEX``."""
+    h0, w0 = chw.shape[-2:]
+    x, mask = transform(tv_tensors.Image(chw), tv_tensors.Mask(torch.zeros(h0, w0, dtype=torch.uint8)))
+    content = (mask != IGNORE_INDEX).nonzero()
+    top, left = (int(v) for v in content.min(dim=0).values)
+    bottom, right = (int(v) + 1 for v in content.max(dim=0).values)
+    return x.as_subclass(torch.Tensor), (top, left, bottom - top, right - left)
 
 
 class InstanceMasks(tv_tensors.Mask):

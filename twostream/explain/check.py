@@ -90,7 +90,7 @@ def explain_example(run: str | Path, out_path: str | Path, *, scene: str | None 
     from twostream.config import config_from_dict
     from twostream.data.classes import ClassTable
     from twostream.data.io import load_image, load_label, read_scene_categories
-    from twostream.data.transforms import build_transforms
+    from twostream.data.transforms import apply_with_box, build_transforms
     from twostream.engine.checkpoint import inference_config, load_model_state, load_trained
     from twostream.explain.cam import resize_cam
     from twostream.explain.evaluation import relation_only_names
@@ -120,17 +120,16 @@ def explain_example(run: str | Path, out_path: str | Path, *, scene: str | None 
     label = load_label(root / "annotations" / split / f"{stem}.png")
     import torch
 
-    x, mask = build_transforms(cfg.data, train=False)(
-        tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label)))
+    transform, chw = build_transforms(cfg.data, train=False), torch.from_numpy(image).permute(2, 0, 1)
+    x, mask = transform(tv_tensors.Image(chw), tv_tensors.Mask(torch.from_numpy(label)))
+    _, box = apply_with_box(transform, chw)  # where the photo lies in the input (data.keep_ratio pads it)
     graph = SceneGraphBuilder.from_config(cfg.graph, table)(mask.as_subclass(torch.Tensor))
     explainer = SceneExplainer(model, scenes, class_table=table, stream_means=ckpt.get("stream_means"),
                                method=method)
     [e] = explainer.explain(x.as_subclass(torch.Tensor)[None], [graph] if model.graph_encoder is not None else None)
     if e.cam is not None:
-        e.cam = resize_cam(e.cam, (0, 0, *e.cam.shape), image.shape[:2])
-    with torch.no_grad():
-        probs = model(x.as_subclass(torch.Tensor)[None], [graph] if model.graph_encoder is not None else None)[
-            "logits"].softmax(dim=1)[0]
+        e.cam = resize_cam(e.cam, box, image.shape[:2])
+    probs = explainer.last["scene_probs"][0]  # (S,): the forward the explanation ran, not another one
     top = [(scenes[i], float(probs[i])) for i in probs.argsort(descending=True).tolist()]
     view = GraphView("annotation graph", graph, label.astype("int64") if label.shape == image.shape[:2] else None,
                      scene_topk=top, explanation=e)

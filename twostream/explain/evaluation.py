@@ -250,7 +250,7 @@ class ExplanationEvaluator:
         names = [frozenset((e.node_names[a], e.node_names[b])) for a, b in e.edges]
         if pairs:
             emb = explainer.last["embeddings"]
-            image = emb.select(i) if emb.image_pooled is not None else type(emb)()
+            image = emb.select(i)
             with torch.no_grad():
                 p = insertion_probs(explainer.model, data, image, e.scene_index, torch.tensor(pairs),
                                     torch.tensor(like))
@@ -311,7 +311,7 @@ class ExplanationEvaluator:
             if e.node_scores is not None and e.num_nodes:
                 data = last["batch"].get_example(i)
                 emb = last["embeddings"]
-                image = emb.select(i) if emb.image_pooled is not None else type(emb)()
+                image = emb.select(i)
                 with torch.no_grad():
                     top, rand = deletion_curve(self.model, data, image, e.scene_index, e.prob,
                                                torch.from_numpy(e.node_scores), self.ks, draws=self.draws,

@@ -108,7 +108,8 @@ class SceneExplainer:
         self.method, self.steps, self.stream_means = method, steps, stream_means
         self.parts, self.max_nodes = tuple(parts), max_nodes
         # What the last explain() call computed, for evaluators that score it further (PyG's fidelity, deletion
-        # curves): keys batch, embeddings, targets, probs, attribution.
+        # curves, the check panel): keys batch, embeddings, targets, probs (the target scene's), scene_probs (B, S),
+        # attribution.
         self.last: dict = {}
 
     # ------------------------------------------------------------------------------------------------ helpers
@@ -268,7 +269,7 @@ class SceneExplainer:
         if attribution is not None and attribution.edge_scores is not None:
             edge_pairs, edge_sums = undirected_scores(batch.edge_index, attribution.edge_scores,
                                                       int(batch.labels.numel()))
-        self.last = {"batch": batch, "embeddings": emb, "targets": targets, "probs": full,
+        self.last = {"batch": batch, "embeddings": emb, "targets": targets, "probs": full, "scene_probs": probs,
                      "attribution": attribution}
         method = self._method_text(cam_layer)
         out = []
@@ -285,7 +286,7 @@ class SceneExplainer:
                     data = batch.get_example(i)
                     with torch.no_grad():
                         node_drop, _, edge_drop = occlusion_scores(
-                            model, data, emb.select(i) if emb.image_pooled is not None else StreamEmbeddings(),
+                            model, data, emb.select(i),
                             t, full[i], max_nodes=self.max_nodes)
                     e.node_occlusion = node_drop.cpu().numpy().astype(np.float32)
                     e.edge_occlusion = edge_drop.cpu().numpy().astype(np.float32) if len(e.edges) else None

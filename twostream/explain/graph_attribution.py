@@ -243,9 +243,9 @@ class GraphAttribution:
 
 def attribute_graphs(model: nn.Module, graphs, image: StreamEmbeddings | None, targets: Tensor, *,
                      method: str = "integrated_gradients", steps: int = 32, edges: bool = True) -> GraphAttribution:
-    """Captum attributions (via PyG's ``CaptumExplainer``) of each graph's nodes and edges to its image's scene
-    logit ``targets (B,)``: one explainer for the node inputs (edges present), one for the edge masks (node inputs
-    present).
+    """Captum attributions (through :class:`BatchedCaptumExplainer`, PyG's ``CaptumExplainer`` batched) of each
+    graph's nodes and edges to its image's scene logit ``targets (B,)``: one explainer for the node inputs (edges
+    present), one for the edge masks (node inputs present).
 
     Node scores are summed over the node-input features; ``edges=False`` (or a batch without edges) skips the edge
     mask. A batch without nodes gets no scores.

@@ -78,7 +78,7 @@ def deletion_probs(model: nn.Module, data, image: StreamEmbeddings, scene: int, 
         ek = edge_keep[start:start + per_chunk] if edge_keep is not None else None
         batch = subgraph_batch(data, nk, ek)
         pooled, nodes = encode_graphs(model, batch)
-        emb = image.select(0, nk.shape[0]) if image.image_pooled is not None else StreamEmbeddings()
+        emb = image.select(0, nk.shape[0])
         emb.graph_pooled, emb.node_emb, emb.node_batch = pooled, nodes, batch.batch
         probs.append(classify(model, emb).float().softmax(dim=1)[:, scene])
     return torch.cat(probs) if probs else torch.zeros(0)
@@ -134,7 +134,7 @@ def insertion_probs(model: nn.Module, data, image: StreamEmbeddings, scene: int,
         out.edge_attr = torch.cat([base.edge_attr, fresh(local_src, local_dst), fresh(local_dst, local_src)])[order]
     out.batch, out.ptr = base.batch, base.ptr
     pooled, nodes = encode_graphs(model, out)
-    emb = image.select(0, k) if image.image_pooled is not None else StreamEmbeddings()
+    emb = image.select(0, k)
     emb.graph_pooled, emb.node_emb, emb.node_batch = pooled, nodes, out.batch
     return classify(model, emb).float().softmax(dim=1)[:, scene]
 

@@ -55,7 +55,7 @@ class StreamEmbeddings:
 
     def select(self, index: int, repeat: int = 1) -> StreamEmbeddings:
         """The image stream of image ``index`` repeated ``repeat`` times (graph parts dropped): the fixed image side
-        of ``repeat`` graph variants of one image."""
+        of ``repeat`` graph variants of one image; empty for a model without an image stream."""
         pooled = self.image_pooled[index:index + 1].expand(repeat, -1) if self.image_pooled is not None else None
         tokens = (self.image_tokens[index:index + 1].expand(repeat, -1, -1) if self.image_tokens is not None
                   else None)
