@@ -247,6 +247,12 @@ def test_irregular_relation_set_is_recorded(tmp_path):
         make_synthetic(tmp_path / "bad", relation_layout="round")
     with pytest.raises(ValueError, match="irregular relation layout needs images of at least 64x64 pixels"):
         render_scene("living_room", size=48, relation_only=True, relation_layout="irregular")
+    with pytest.raises(ValueError, match="irregular relation layout needs images of at least 64x64 pixels"):
+        make_synthetic(tmp_path / "small", train_per_scene=2, val_per_scene=0, size=48, relation_fraction=0.5,
+                       relation_layout="irregular")
+    assert not (tmp_path / "small").exists()  # refused before the first file, not half-way through the set
+    make_synthetic(tmp_path / "no_relation", train_per_scene=1, val_per_scene=0, size=48, scenes=["street"],
+                   relation_fraction=0.5, relation_layout="irregular")  # no relation scene: nothing to refuse
 
 
 def class_contacts(graph) -> tuple[set[tuple[int, int]], dict[int, int]]:

@@ -114,9 +114,7 @@ def _irregular(c: Canvas, r: np.random.Generator, toucher: str, side: int | None
     top, hz = room(c, r, ceiling=True, slant=False)  # flat: where an object stands cannot change what it touches
     px = r.uniform(0.2, 0.55)
     c.rect("painting", px, top + 0.06, px + 0.22, top + 0.2)
-    if min(h, w) < 64:
-        raise ValueError(f"synthetic: the irregular relation layout needs images of at least 64x64 pixels (its table "
-                         f"legs and gaps are whole pixels), got {h}x{w}")
+    check_relation_size("irregular", h, w)
     u = min(h, w) // 64
     # legs 2u (thin) and 4u (thick) wide at distances e1, e2 from the centre line: 2u(e1 + u) = 4u(e2 + 2u), so
     # their first moments about the centre line cancel and the table's centroid is its box centre, whichever side
@@ -201,9 +199,7 @@ def _irregular_degree_matched(c: Canvas, r: np.random.Generator, toucher: str, s
     whole 64 px of image."""
     other = _other(toucher)
     h, w = c.h, c.w
-    if min(h, w) < 64:
-        raise ValueError(f"synthetic: the irregular_degree_matched relation layout needs images of at least 64x64 "
-                         f"pixels (its legs, brackets and gaps are whole pixels), got {h}x{w}")
+    check_relation_size("irregular_degree_matched", h, w)
     top, hz = room(c, r, ceiling=True, slant=False)  # flat: where an object stands cannot change what it touches
     px = r.uniform(0.2, 0.55)
     c.rect("painting", px, top + 0.04, px + 0.22, top + 0.16)  # high enough to stay clear of the shelf
@@ -256,6 +252,18 @@ def _irregular_degree_matched(c: Canvas, r: np.random.Generator, toucher: str, s
 
 
 # name -> layout(canvas, generator, toucher, side=None); see the module docstring
+# The smallest image side a layout draws at: the irregular ones' legs, brackets and gaps are whole pixels.
+RELATION_MIN_SIZE: dict[str, int] = {"irregular": 64, "irregular_degree_matched": 64}
+
+
+def check_relation_size(layout: str, h: int, w: int) -> None:
+    """A ``ValueError`` line when ``layout`` cannot be drawn on ``h x w`` images (:data:`RELATION_MIN_SIZE`)."""
+    least = RELATION_MIN_SIZE.get(layout, 0)
+    if min(h, w) < least:
+        raise ValueError(f"synthetic: the {layout} relation layout needs images of at least {least}x{least} pixels "
+                         f"(its legs, brackets and gaps are whole pixels), got {h}x{w}")
+
+
 RELATION_LAYOUTS: dict[str, Callable[..., None]] = {
     "boxes": _boxes,
     "irregular": _irregular,

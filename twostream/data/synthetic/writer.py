@@ -15,7 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from twostream.data.synthetic.relation import RELATION_CONTACTS, RELATION_LAYOUTS, RELATION_SCENES
+from twostream.data.synthetic.relation import (
+    RELATION_CONTACTS,
+    RELATION_LAYOUTS,
+    RELATION_SCENES,
+    check_relation_size,
+)
 from twostream.data.synthetic.render import render_scene, size_hw
 from twostream.data.synthetic.scenes import SCENES
 
@@ -128,6 +133,8 @@ def make_synthetic(
     if not 1 <= quality <= 100:
         raise ValueError(f"synthetic: JPEG quality must be 1..100, got {quality}")
     h, w = size_hw(size)
+    if relation_fraction > 0 and any(s in RELATION_SCENES for s in scenes):
+        check_relation_size(relation_layout, h, w)  # before a file is written, not at the first relation image
     out = Path(out)
     params = {"train_per_scene": train_per_scene, "val_per_scene": val_per_scene, "size": [h, w], "seed": seed,
               "instances": instances, "scenes": scenes, "relation_fraction": relation_fraction, "quality": quality}
