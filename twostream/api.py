@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from huggingface_hub import ModelHubMixin
 
+from twostream.atomic import atomic_write_text
 from twostream.engine.checkpoint import EXPORT_FILES, STREAM_MEANS_FILE, CheckpointError
 from twostream.inference import Prediction, Predictor
 from twostream.model_card import HUB_FORMAT, REPO_URL, TAGS, ModelInfo, collect_info, hub_config, model_card
@@ -338,8 +339,8 @@ class SceneClassifier(ModelHubMixin, library_name="twostream", tags=TAGS, repo_u
         write_model_folder(save_directory, state=self.predictor.model.state_dict(), config=self.predictor.cfg,
                            vocabulary=self.info.vocabulary, class_table=self._class_table_dict(), stage="classifier",
                            step=self.info.step, stream_means=self.predictor.stream_means)
-        (save_directory / "config.json").write_text(json.dumps(hub_config(self.predictor, self.info), indent=1)
-                                                    + "\n")
+        atomic_write_text(save_directory / "config.json", json.dumps(hub_config(self.predictor, self.info), indent=1)
+                          + "\n")
         (save_directory / "README.md").unlink(missing_ok=True)
 
     def _class_table_dict(self) -> dict:

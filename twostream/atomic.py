@@ -1,11 +1,11 @@
 """Whole-file writes: a file at its final name is always complete, the old one or the new one, never half of one.
 
-Every file the project writes for later reading (checkpoints, exports, resolved configs, vocabularies, metrics,
-graph stores and caches, the full-ADE20K index, ablation records) goes through :func:`atomic_write`: the content is
-written to a temporary file in the same folder (``.{name}.{random}.tmp``, so concurrent writers of one name never
-share it), optionally flushed to disk, given the permissions a plain ``open`` would give, and renamed over the
-target. A crash or SIGKILL at any moment leaves the old file and, at worst, a ``*.tmp`` leftover that readers never
-open::
+The files a later run or tool reads back (checkpoints, exports and saved models, a run folder's config, vocabulary
+and class table, metrics, graph stores and caches, the full-ADE20K index, a synthetic set's scene list and marker,
+ablation records) go through :func:`atomic_write`: the content is written to a temporary file in the same folder
+(``.{name}.{random}.tmp``, so concurrent writers of one name never share it), optionally flushed to disk, given the
+permissions a plain ``open`` would give, and renamed over the target. A crash or SIGKILL at any moment leaves the
+old file and, at worst, a ``*.tmp`` leftover that readers never open::
 
     >>> atomic_write(Path("run/config.yaml"), lambda tmp: tmp.write_text(text))
     >>> atomic_write(Path("run/last.pth"), lambda tmp: torch.save(state, tmp), durable=True)
@@ -23,6 +23,12 @@ __all__ = ["atomic_write", "atomic_write_text"]
 
 
 def _umask() -> int:
+    """The process's umask. Linux reports it in /proc; elsewhere it is read by setting it, which for an instant
+    leaves it 0 for the process's other threads."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -309,7 +309,7 @@ def run_ablation(config: str | Path | None, variants: Sequence[str], *, seeds: i
     table = format_table(summary)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.md").write_text(table + "\n")
+    atomic_write_text(out / "ablation.md", table + "\n")
     record_json = {"config": str(config) if config else None, "opts": list(opts), "seeds": seeds,
                    "variants": {v: list(VARIANTS[v]) for v in variants}, "scene_groups": scene_groups or {},
                    "runs": {v: {str(s): {"dir": str(Path(out) / v / f"seed{s}"), "scores": sc}

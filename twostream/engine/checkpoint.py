@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from twostream.atomic import atomic_write
+from twostream.atomic import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from twostream.config import Config
@@ -527,7 +527,7 @@ def write_export(out_dir: str | Path, *, state: dict[str, torch.Tensor], config:
         if not isinstance(vocabulary, SceneVocabulary):
             vocabulary = SceneVocabulary.from_names(list(vocabulary))
         vocabulary.save(out / "vocabulary.json")
-    (out / "class_table.json").write_text(json.dumps(class_table))
+    atomic_write_text(out / "class_table.json", json.dumps(class_table))
     means = {k: v for k, v in (stream_means or {}).items() if isinstance(v, torch.Tensor)}
     (out / STREAM_MEANS_FILE).unlink(missing_ok=True)
     if means:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from twostream.atomic import atomic_write_text
 from twostream.config import Config
 from twostream.data.classes import ClassTable, dataset_class_table
 from twostream.engine.data import Loaders, WithGraphs, make_loaders
@@ -45,7 +46,7 @@ class _Task:
         return {"class_table": self.class_table.to_dict()}
 
     def save_run_files(self, run_dir: Path) -> None:
-        (run_dir / "class_table.json").write_text(json.dumps(self.class_table.to_dict()))
+        atomic_write_text(run_dir / "class_table.json", json.dumps(self.class_table.to_dict()))
 
     def finish(self, run_dir: Path, metrics: dict) -> None:
         from twostream.engine.evaluators import write_metrics_json

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from twostream.atomic import atomic_write_text
 from twostream.data.synthetic.relation import (
     RELATION_CONTACTS,
     RELATION_LAYOUTS,
@@ -163,8 +164,7 @@ def make_synthetic(
     seconds = time.perf_counter() - t0
 
     results.sort()
-    with (out / "sceneCategories.txt").open("w", encoding="utf-8", newline="\n") as f:
-        f.writelines(f"{stem} {scene}\n" for stem, scene, _ in results)
+    atomic_write_text(out / "sceneCategories.txt", "".join(f"{stem} {scene}\n" for stem, scene, _ in results))
     counts: dict[str, dict[str, int]] = {}
     for stem, scene, _ in results:
         split = "training" if stem.startswith(SPLITS["training"]) else "validation"
@@ -180,7 +180,7 @@ def make_synthetic(
                               for scene, pairs in RELATION_CONTACTS[relation_layout].items()},
         "relation_only": [stem for stem, _, rel in results if rel],
     }
-    (out / _META).write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(out / _META, json.dumps(meta, indent=1) + "\n")  # last: the mark of a whole set
     log.info("wrote %d synthetic images (%dx%d) to %s in %.2f s (%.0f images/s, %d worker(s))", len(results), h, w,
              out, seconds, len(results) / max(seconds, 1e-9), max(1, workers))
     return {**meta, "seconds": seconds, "images": len(results)}
