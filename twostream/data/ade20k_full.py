@@ -133,14 +133,19 @@ def read_index(root: str | Path, workers: int = 0) -> dict:
     """The index of every split under ``root/images/ADE``: ``{"images": {"<split>/<rel stem>": {"scene": [...]} or
     {"bad": reason}}, "classes": {ndx: name}}``, read from the index file and brought up to date (JSONs of images
     not in it yet are read, with ``workers`` processes)."""
+    return _index_and_listing(root, workers)[0]
+
+
+def _index_and_listing(root: str | Path, workers: int = 0) -> tuple[dict, dict[str, tuple[list[str], list[str]]]]:
+    """:func:`read_index` and the listing it was brought up to date with, ``{split: _list_images(split folder)}``
+    (every split is listed, so that the class table does not depend on which splits were opened; a reader takes its
+    split's listing from here rather than walking the folder again)."""
     root = Path(root)
     base = root / IMAGES
     if not base.is_dir():
         raise DataError(f"{base}: folder not found; expected the ADE20K_2021_17_01 layout images/ADE/<split>/...")
-    listed: dict[str, None] = {}
-    for split_dir in sorted(p for p in base.iterdir() if p.is_dir()):
-        for stem in _list_images(split_dir)[0]:
-            listed[f"{split_dir.name}/{stem}"] = None
+    listing = {d.name: _list_images(d) for d in sorted(p for p in base.iterdir() if p.is_dir())}
+    listed = {f"{split}/{stem}": None for split, (stems, _) in listing.items() for stem in stems}
     path = _index_path(root)
     index = {"format": INDEX_FORMAT, "images": {}, "classes": {}}
     if path.is_file():
@@ -164,7 +169,7 @@ def read_index(root: str | Path, workers: int = 0) -> dict:
         index["images"] = dict(sorted(index["images"].items()))
         index["classes"] = dict(sorted(index["classes"].items(), key=lambda kv: int(kv[0])))
         atomic_write_text(path, json.dumps(index))
-    return index
+    return index, listing
 
 
 def full_class_table(classes: dict[str, str]) -> ClassTable:
@@ -237,13 +242,13 @@ class ADE20KFullDataset(ImageListDataset):
             raise DataError(f"{split_dir}: folder not found" + (f" (found splits: {', '.join(present)})"
                                                                  if present else "") +
                             "; expected the ADE20K_2021_17_01 layout images/ADE/<split>/<group>/<scene>/*.jpg")
-        stems, incomplete = _list_images(split_dir)
+        index, listing = _index_and_listing(root, workers)
+        stems, incomplete = listing[split]
         if incomplete:
             if not skip_bad:
                 raise DataError(f"{incomplete[0]}: image without its .json or _seg.png ({len(incomplete)} in split "
                                 f"'{split}'; set data.skip_bad=true to leave them out)")
             warn_list("image without its .json or _seg.png (left out)", incomplete)
-        index = read_index(root, workers)
         self.full_table = full_class_table(index["classes"])
         bad = [(s, index["images"][f"{split}/{s}"]["bad"]) for s in stems if "bad" in index["images"][f"{split}/{s}"]]
         if bad:

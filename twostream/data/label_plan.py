@@ -125,7 +125,7 @@ def pack_rgb(rgb: np.ndarray) -> np.ndarray:
 
 def plan_labels(classes: InputClasses | None, *, background_id: int | None = None, ignore_id: int = IGNORE_INDEX,
                 name: str = "dataset") -> LabelPlan:
-    """The renumbering of module docstring ("Labels"). ``classes=None``: the masks already hold ADE20K-150 ids.
+    """The renumbering the module docstring describes. ``classes=None``: the masks already hold ADE20K-150 ids.
 
     Raises:
         ValueError: more than 254 classes, ``ignore_id`` or ``background_id`` clashing with the table.
