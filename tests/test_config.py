@@ -222,3 +222,13 @@ def test_image_only_model_resolves_to_no_segmenter():
     assert load_config(REPO / "configs/swin_gat.yaml").model.segmenter.kind == "upsnet"  # it needs one
     seg_stage = load_config(None, ["train.stage=segmentation", "model.gnn.enabled=false", "model.fusion.type=none"])
     assert seg_stage.model.segmenter.kind == "upsnet"  # the segmentation stage is the segmenter
+
+
+def test_config_differences_name_the_dotted_keys():
+    from twostream.config import config_differences
+
+    base = load_config(None, [])
+    other = load_config(None, ["train.lr=0.5", "model.gnn.hidden_dim=8", "train.epochs=9", "data.image_size=[64, 96]"])
+    assert config_differences(base, base) == []
+    assert config_differences(base, other) == ["data.image_size", "model.gnn.hidden_dim", "train.epochs", "train.lr"]
+    assert config_differences(base, other, ["train.epochs", "model.gnn"]) == ["data.image_size", "train.lr"]

@@ -36,6 +36,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -61,6 +62,7 @@ __all__ = [
     "SceneVocabConfig",
     "SegmenterConfig",
     "TrainConfig",
+    "config_differences",
     "config_from_dict",
     "config_to_dict",
     "load_config",
@@ -689,6 +691,22 @@ def _plain(value: Any) -> Any:
 def config_to_dict(cfg: Any) -> dict:
     """A config (or one section) as plain nested dicts and lists, ready for YAML or JSON."""
     return _plain(cfg)
+
+
+def config_differences(old: Config, new: Config, free: Iterable[str] = ()) -> list[str]:
+    """The dotted keys (``train.lr``, ``model.gnn.hidden_dim``) whose values differ between two configs, in the
+    config's order, leaving out the keys in ``free`` (dotted too): what a run folder's check compares."""
+    skip = set(free)
+
+    def walk(a: Any, b: Any, prefix: str) -> list[str]:
+        if prefix in skip:
+            return []
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in dict.fromkeys([*b, *a]) for d in walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix
+                                                                      else k)]
+        return [] if a == b else [prefix]
+
+    return walk(config_to_dict(old), config_to_dict(new), "")
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

@@ -34,7 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from twostream.atomic import atomic_write_text
-from twostream.config import Config, ConfigError, config_to_dict, load_config
+from twostream.config import Config, ConfigError, config_differences, load_config
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 REFERENCE = "two_stream"  # the row every paired difference is taken against
 WHOLE = "all"  # the metric key of the whole split
-_FREE_KEYS = (("data", "num_workers"), ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_last"),
-              ("output", "tensorboard"))
+# How a run logs, checkpoints or loads its data does not change its numbers (train.epochs does, unlike on a resume)
+_FREE_KEYS = ("data.num_workers", "train.log_every", "train.checkpoint_every", "train.keep_last",
+              "output.tensorboard")
 
 
 @dataclass
@@ -106,13 +107,7 @@ def _finished(run_dir: Path, cfg: Config) -> dict | None:
     if not metrics_path.is_file():
         return None
 
-    def what_counts(c: Config) -> dict:  # how a run logs, checkpoints or loads its data does not change its numbers
-        d = config_to_dict(c)
-        for section, key in _FREE_KEYS:
-            d[section].pop(key)
-        return d
-
-    if not saved.is_file() or what_counts(load_config(saved)) != what_counts(cfg):
+    if not saved.is_file() or config_differences(load_config(saved), cfg, _FREE_KEYS):
         raise ConfigError(f"{run_dir}: holds a finished run of another config; choose another --out or delete the "
                           "folder to run it again")
     return json.loads(metrics_path.read_text())

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from twostream.config import Config, config_to_dict, save_config
+from twostream.config import Config, config_differences, config_to_dict, save_config
 from twostream.engine import distributed as D
 from twostream.engine.checkpoint import (
     FORMAT,
@@ -241,6 +241,11 @@ class Run:
         raise Preempted(signum, message)
 
 
+# Extending a run (more epochs) or changing how often it logs or checkpoints, or how its data is loaded, is fine on a
+# resume; anything else is another run.
+RESUME_FREE_KEYS = ("train.epochs", "train.checkpoint_every", "train.keep_last", "train.log_every", "data.num_workers")
+
+
 def _check_run_folder(cfg: Config, run_dir: Path, resuming: bool) -> None:
     """A run folder holds one experiment: refuse to mix a different config into it."""
     saved = run_dir / "config.yaml"
@@ -248,16 +253,8 @@ def _check_run_folder(cfg: Config, run_dir: Path, resuming: bool) -> None:
         return
     from twostream.config import load_config
 
-    old = load_config(saved)
-    # Extending a run (more epochs) or changing how often it logs or checkpoints is fine; anything else is another run.
-    free = {"epochs", "checkpoint_every", "keep_last", "log_every"}
-    old_d, new_d = config_to_dict(old), config_to_dict(cfg)
-    for key in free:
-        old_d["train"].pop(key), new_d["train"].pop(key)
-    old_d["data"].pop("num_workers"), new_d["data"].pop("num_workers")
-    if old_d != new_d:
-        diff = [f"{s}.{k}" for s in new_d for k in (new_d[s] if isinstance(new_d[s], dict) else {})
-                if old_d.get(s, {}).get(k) != new_d[s].get(k)]
+    diff = config_differences(load_config(saved), cfg, RESUME_FREE_KEYS)
+    if diff:
         raise TrainingError(f"{run_dir} holds a run with another config (differs in {', '.join(diff[:5])}); "
                             "pass --fresh to start it over, or set output.dir to a new folder")
 
