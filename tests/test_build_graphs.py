@@ -31,6 +31,15 @@ def test_default_cache_dir(tmp_path):
     a.write_bytes(b"weights one")
     b.write_bytes(b"weights two")
     assert checkpoint_identity(a) != checkpoint_identity(b)
+    from twostream.atomic import atomic_write
+    from twostream.models.segmenter_base import _file_hash, content_hash
+
+    reads = _file_hash.cache_info().misses
+    assert [content_hash(a) for _ in range(3)] == [checkpoint_identity(a)] * 3
+    assert _file_hash.cache_info().misses == reads  # read once per process, not per lookup
+    before = content_hash(a)
+    atomic_write(a, lambda tmp: tmp.write_bytes(b"weights ONE"))  # retrained and saved again, same size
+    assert content_hash(a) != before and content_hash(a) == content_hash(tmp_path / "a.pth")
     pa, pb = default_cache_dir(cfg, "training", "pred", str(a)), default_cache_dir(cfg, "training", "pred", str(b))
     assert pa != pb and pa.name.startswith("training-pred-")
     with pytest.raises(ValueError, match="checkpoint"):

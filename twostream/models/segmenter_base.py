@@ -29,6 +29,7 @@ This module imports no adapter; the adapters import it, and :mod:`twostream.mode
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import ClassVar
@@ -57,12 +58,24 @@ def lacks_capability(segmenter: type[Segmenter] | Segmenter, capability: str, ne
 
 
 def content_hash(path: str | Path, what: str = "segmenter checkpoint") -> str:
-    """A short (16 hex digits) SHA-256 of a file's bytes: a retrained checkpoint at the same path gets a new hash."""
+    """A short (16 hex digits) SHA-256 of a file's bytes: a retrained checkpoint at the same path gets a new hash.
+
+    Each file is read once per process while its size and modification time stay the same: the graph-store
+    lookups of every split (and their build commands) ask for the identity of one segmenter checkpoint of hundreds
+    of MB several times.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
+    st = path.stat()
+    return _file_hash(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+# inode, size and mtime key the cache: a checkpoint saved again (a new file renamed over it) or rewritten misses it
+@functools.lru_cache(maxsize=64)
+def _file_hash(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
