@@ -78,7 +78,7 @@ def analyse(classifier: SceneClassifier, image: str | Path | np.ndarray, *, topk
         DataError: the file cannot be read (one line naming it).
     """
     from twostream.data.io import load_image
-    from twostream.infer_outputs import prediction_view
+    from twostream.infer_outputs import prediction_graph_view
     from twostream.viz import cam_overlay, draw_panel, overlay, scene_graph_html
 
     rgb = load_image(image) if isinstance(image, str | Path) else image
@@ -88,7 +88,7 @@ def analyse(classifier: SceneClassifier, image: str | Path | np.ndarray, *, topk
                            "prediction": pred.to_json(), "explanation": None, "cam": None}
     if pred.graph is not None:
         out["overlay"] = overlay(rgb, pred.sem_map, pred.class_table)
-        view = prediction_view(pred)  # as tools/infer.py draws it, the explanation included
+        view = prediction_graph_view(pred)  # as tools/infer.py draws it, the explanation included
         title = Path(image).name if isinstance(image, str | Path) else None
         fig = draw_panel(rgb, view, title=title, width=PANEL_WIDTH)
         fig.canvas.draw()

@@ -189,7 +189,7 @@ def _write_overlay(path: Path, image: np.ndarray, pred: Prediction, source: str 
     Image.fromarray(overlay(image, pred.sem_map, pred.class_table)).save(path, format="PNG")
 
 
-def prediction_view(pred: Prediction):
+def prediction_graph_view(pred: Prediction):
     """The :class:`~twostream.viz.GraphView` of a prediction (its graph, map, scenes and explanation) that the panel,
     the viewer and the demo draw."""
     from twostream.viz import GraphView
@@ -201,13 +201,13 @@ def prediction_view(pred: Prediction):
 def _write_panel(path: Path, image: np.ndarray, pred: Prediction, source: str | Path) -> None:
     from twostream.viz import save_panel
 
-    save_panel(path, image, prediction_view(pred), title=Path(source).name)
+    save_panel(path, image, prediction_graph_view(pred), title=Path(source).name)
 
 
 def _write_html(path: Path, image: np.ndarray, pred: Prediction, source: str | Path) -> None:
     from twostream.viz import write_html
 
-    write_html(path, image, prediction_view(pred), title=Path(source).name)
+    write_html(path, image, prediction_graph_view(pred), title=Path(source).name)
 
 
 def _write_cam(path: Path, image: np.ndarray, pred: Prediction, source: str | Path) -> None:

@@ -196,8 +196,7 @@ class Prediction:
         if d.get("explanation"):
             from twostream.explain.explanation import SceneExplanation
 
-            names = [graph.class_table.short_name(int(c)) for c in graph.labels] if graph is not None else None
-            explanation = SceneExplanation.from_json(d["explanation"], node_names=names)
+            explanation = SceneExplanation.from_json(d["explanation"], graph=graph)
         size = d.get("segmenter_size")
         return cls(scenes=[(s["scene"], float(s["prob"])) for s in d.get("scenes", [])], sem_map=sem_map,
                    graph=graph, class_table=graph.class_table if graph is not None else None,

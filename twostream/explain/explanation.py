@@ -176,9 +176,12 @@ class SceneExplanation:
                 "notes": list(self.notes)}
 
     @classmethod
-    def from_json(cls, d: dict, node_names: list[str] | None = None) -> SceneExplanation:
-        """Back from :meth:`to_json` (no CAM). ``node_names`` (the graph's, in id order) are needed only when the
-        JSON lists no nodes but the graph has some."""
+    def from_json(cls, d: dict, node_names: list[str] | None = None, graph: Any = None) -> SceneExplanation:
+        """Back from :meth:`to_json` (no CAM). ``node_names`` (the graph's, in id order; or ``graph``, the
+        :class:`~twostream.graph.scene_graph.SceneGraph` explained, whose class names they are) are needed only when
+        the JSON lists no nodes but the graph has some."""
+        if node_names is None and graph is not None:
+            node_names = [graph.class_table.short_name(int(c)) for c in graph.labels]
         if not isinstance(d, dict) or not all(k in d for k in ("scene", "method", "nodes", "edges", "streams")):
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise ValueError(f"explanation JSON: expected an object with scene, method, nodes, edges, streams; "

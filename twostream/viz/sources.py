@@ -77,8 +77,7 @@ def prediction_view(path: str | Path, image_shape: tuple[int, int], name: str = 
         if record.get("explanation"):
             from twostream.explain.explanation import SceneExplanation
 
-            names = [graph.class_table.short_name(int(c)) for c in graph.labels]
-            explanation = SceneExplanation.from_json(record["explanation"], node_names=names)
+            explanation = SceneExplanation.from_json(record["explanation"], graph=graph)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise DataError(f"{path}: malformed prediction: {e}") from None
     sem = None
