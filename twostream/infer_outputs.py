@@ -390,14 +390,8 @@ def run_inference(predictor: Predictor, specs: Sequence[str], *, topk: int = 5, 
     """
     from tqdm import tqdm
 
-    if explain or explain_scene is not None:  # a bad scene name or a segmenter-only predictor: fail once, up front
-        if predictor.model is None:
-            raise ValueError("--explain needs a scene classifier (--checkpoint); a segmenter alone has no scenes")
-        if explain_scene is not None:
-            from twostream.explain import resolve_scene
-
-            resolve_scene(explain_scene, predictor.scenes)
-        explain = True
+    # a bad scene name or a segmenter-only predictor: fail once, up front, not once per batch
+    explain = predictor.explain_request(explain, explain_scene)[0]
 
     save = parse_save(save)
     entries = expand_inputs(specs) if entries is None else entries

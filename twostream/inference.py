@@ -406,22 +406,32 @@ class Predictor:
 
         if topk < 1 or batch_size < 1:
             raise ValueError(f"Predictor.predict: topk and batch_size must be at least 1, got {topk}, {batch_size}")
-        scene_index = None
-        if explain or explain_scene is not None:
-            if self.model is None:
-                raise ValueError("Predictor.predict: explanations need a scene classifier; this predictor has a "
-                                 "segmenter only (give --checkpoint)")
-            if explain_scene is not None:
-                from twostream.explain import resolve_scene
-
-                scene_index = resolve_scene(explain_scene, self.scenes)
-            explain = True
+        explain, scene_index = self.explain_request(explain, explain_scene)
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = [load_image(im) if isinstance(im, str | Path) else _check_image(im)
                      for im in images[start:start + batch_size]]
             out.extend(self._predict_batch(chunk, topk, explain, scene_index))
         return out
+
+    def explain_request(self, explain: bool, explain_scene: str | None = None) -> tuple[bool, int | None]:
+        """``(explain, scene index)`` for :meth:`predict`'s ``explain`` / ``explain_scene`` (a scene asked for means
+        explain; ``None``: each image's top scene), checked before any image is read.
+
+        Raises:
+            ValueError: explanations asked of a segmenter-only predictor, or a scene not in the vocabulary (the
+                message lists them).
+        """
+        if not explain and explain_scene is None:
+            return False, None
+        if self.model is None:
+            raise ValueError("explanations need a scene classifier; this predictor has a segmenter only (give "
+                             "--checkpoint)")
+        if explain_scene is None:
+            return True, None
+        from twostream.explain import resolve_scene
+
+        return True, resolve_scene(explain_scene, self.scenes)
 
     @property
     def explainer(self):
