@@ -405,9 +405,15 @@ def test_shared_backbone_with_online_graphs_is_explained(inputs):
     model = _model("model.segmenter.kind=upsnet", "model.segmenter.backbone=resnet10t",
                    "model.segmenter.fpn_channels=16", "model.segmenter.head_channels=8",
                    "model.segmenter.deformable=false", "model.shared_backbone=true", "graph.source=online")
+    passes, backbone_features = [], model.backbone_features
+    model.backbone_features = lambda x: passes.append(x.shape) or backbone_features(x)
     [e] = SceneExplainer(model, SCENES, steps=4).explain(images[:1])
     assert "shared backbone" in e.method and e.cam.shape == (64, 64) and e.cam.max() > e.cam.min()
     assert e.node_confidence is not None and e.node_scores.shape == (e.num_nodes,)
+    assert len(passes) == 1  # the frozen backbone runs once, as in the model's forward: graphs, image stream, CAM
+    with torch.no_grad():
+        model(images[:1])
+    assert len(passes) == 2
 
 
 def _with_edge(graph: SceneGraph, a: int, b: int, boundary: float) -> SceneGraph:

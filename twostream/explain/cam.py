@@ -34,10 +34,11 @@ class ImageStreamModule(nn.Module):
     """``forward(images (B, 3, H, W)) -> logits (B, num_scenes)``: ``model`` with its graph stream held fixed
     (``graph``: the batch's ``graph_pooled``, ``node_emb``, ``node_batch``; empty for an image-only model)."""
 
-    def __init__(self, model: nn.Module, graph: StreamEmbeddings | None = None) -> None:
+    def __init__(self, model: nn.Module, graph: StreamEmbeddings | None = None, c5: Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.graph = graph or StreamEmbeddings()
+        self.c5 = c5  # a shared backbone's C5 of the images, when the caller has it (the backbone then runs once)
         self.grid: tuple[int, int] = (1, 1)  # (h, w) of the target layer's token map, set by every forward
 
     def forward(self, images: Tensor) -> Tensor:
@@ -49,7 +50,7 @@ class ImageStreamModule(nn.Module):
         if self.model.shared_backbone:
             # the frozen backbone runs without gradients (on the segmenter's input); its C5 map becomes the leaf the
             # CAM's gradients flow to
-            c5 = self.model.backbone_features(images)[-1]  # (B, C, h, w)
+            c5 = self.c5 if self.c5 is not None else self.model.backbone_features(images)[-1]  # (B, C, h, w)
             self.grid = tuple(c5.shape[-2:])
             tokens = enc.forward_features(c5.detach().requires_grad_())  # (B, h*w, C)
             pooled = enc.forward_head(tokens)
@@ -91,13 +92,14 @@ def cam_target(module: ImageStreamModule) -> tuple[nn.Module, Callable[[Tensor],
     return layer, None, name
 
 
-def image_cam(model: nn.Module, images: Tensor, graph: StreamEmbeddings | None, targets: Tensor
-              ) -> tuple[np.ndarray, str]:
-    """Grad-CAM of each image for its scene ``targets (B,)`` -> ``((B, H, W) float32 in [0, 1], target layer)``."""
+def image_cam(model: nn.Module, images: Tensor, graph: StreamEmbeddings | None, targets: Tensor,
+              backbone_feats: list[Tensor] | None = None) -> tuple[np.ndarray, str]:
+    """Grad-CAM of each image for its scene ``targets (B,)`` -> ``((B, H, W) float32 in [0, 1], target layer)``.
+    ``backbone_feats``: a shared backbone's features of ``images``, when the caller has them."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    module = ImageStreamModule(model, graph)
+    module = ImageStreamModule(model, graph, c5=backbone_feats[-1] if backbone_feats is not None else None)
     layer, reshape, name = cam_target(module)
     # Inputs carry the gradient (the model's parameters are frozen while explaining), so the target layer's
     # activations require grad and pytorch-grad-cam's hooks fire.

@@ -223,23 +223,26 @@ class SceneExplainer:
         if isinstance(graphs, list | tuple) and graphs:
             table = table or graphs[0].class_table
         batch = None
+        images = images.detach().clone().to(device)
+        feats = None  # a shared backbone runs once, as in the model's forward: for the graphs, the image, the CAM
+        if model.shared_backbone:
+            with torch.no_grad():
+                feats = model.backbone_features(images)
         if model.graph_encoder is not None:
             if graphs is None:
                 if model.segmenter is None or model.builder is None:
                     raise ValueError("explain: this model reads graphs it cannot build (no segmenter); pass graphs")
                 with torch.no_grad():
-                    feats = model.backbone_features(images.to(device)) if model.shared_backbone else None
-                    graphs = model._build_graphs(images.to(device), feats)[1]["graphs"]
+                    graphs = model._build_graphs(images, feats)[1]["graphs"]
                 table = table or graphs[0].class_table
             batch = as_batch(graphs, device)
             if table is None:
                 table = model.segmenter.class_table if model.segmenter is not None else None
             if table is None:
                 raise ValueError("explain: give class_table= to name the nodes of a Batch of graphs")
-        images = images.detach().clone().to(device)
 
         with torch.no_grad():
-            emb = encode_streams(model, images, batch)
+            emb = encode_streams(model, images, batch, backbone_feats=feats)
             probs = classify(model, emb).float().softmax(dim=1)  # (B, S)
         targets = self._targets(scene, probs)
         b = images.shape[0]
@@ -254,7 +257,7 @@ class SceneExplainer:
         if model.image_encoder is not None and "cam" in self.parts:
             fixed = StreamEmbeddings(graph_pooled=emb.graph_pooled, node_emb=emb.node_emb,
                                      node_batch=emb.node_batch)
-            cams, cam_layer = image_cam(model, images, fixed, targets)
+            cams, cam_layer = image_cam(model, images, fixed, targets, backbone_feats=feats)
         streams: dict[str, Tensor] = {}
         if "streams" in self.parts:
             with torch.no_grad():

@@ -79,11 +79,15 @@ def as_batch(graphs, device: torch.device | str):
     return out.to(device)
 
 
-def encode_image(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
+def encode_image(model: nn.Module, images: Tensor, backbone_feats: list[Tensor] | None = None
+                 ) -> tuple[Tensor, Tensor]:
     """``(B, 3, H, W)`` -> the image stream's ``(pooled (B, Ci), tokens (B, T, Ci))``; the shared backbone's C5
-    when the model has one (``model.shared_backbone``)."""
-    # the shared backbone's C5 (B, C, h, w) of the segmenter's input, else the images at the image encoder's size
-    source = model.backbone_features(images)[-1] if model.shared_backbone else model.encoder_input(images)
+    when the model has one (``model.shared_backbone``): from ``backbone_feats`` (``model.backbone_features(images)``)
+    when the caller has them, so that the backbone runs once, as in the model's own forward."""
+    if model.shared_backbone:  # its C5 (B, C, h, w) of the segmenter's input
+        source = (backbone_feats if backbone_feats is not None else model.backbone_features(images))[-1]
+    else:  # the images at the image encoder's size
+        source = model.encoder_input(images)
     tokens = model.image_encoder.forward_features(source)  # (B, T, Ci)
     return model.image_encoder.forward_head(tokens), tokens
 
@@ -93,20 +97,23 @@ def encode_graphs(model: nn.Module, batch) -> tuple[Tensor, Tensor]:
     return model.graph_encoder(batch)
 
 
-def encode_streams(model: nn.Module, images: Tensor, batch=None) -> StreamEmbeddings:
+def encode_streams(model: nn.Module, images: Tensor, batch=None,
+                   backbone_feats: list[Tensor] | None = None) -> StreamEmbeddings:
     """Both streams of ``model`` for ``images (B, 3, H, W)`` and their graph ``Batch`` (``None`` for an image-only
-    model, or to let a model with a segmenter build the graphs itself)."""
+    model, or to let a model with a segmenter build the graphs itself). A shared backbone runs once
+    (``backbone_feats``: its features of ``images``, when the caller already has them)."""
     emb = StreamEmbeddings()
+    if model.shared_backbone and backbone_feats is None:
+        backbone_feats = model.backbone_features(images)
     if model.graph_encoder is not None:
         if batch is None:
-            feats = model.backbone_features(images) if model.shared_backbone else None
-            batch, _ = model._build_graphs(images, feats)
+            batch, _ = model._build_graphs(images, backbone_feats)
         if int(batch.num_graphs) != images.shape[0]:
             raise ValueError(f"explain: {batch.num_graphs} graphs for {images.shape[0]} images")
         emb.graph_pooled, emb.node_emb = encode_graphs(model, batch)
         emb.node_batch = batch.batch
     if model.image_encoder is not None:
-        emb.image_pooled, emb.image_tokens = encode_image(model, images)
+        emb.image_pooled, emb.image_tokens = encode_image(model, images, backbone_feats)
     return emb
 
 
