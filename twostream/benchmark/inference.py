@@ -293,25 +293,14 @@ def stage_calls(model: nn.Module, images: Tensor, *, segmenter_cache: dict | Non
 
     tokens = image_pooled = None
     if model.image_encoder is not None:
-        enc = model.image_encoder
-        # C5 (B, C, h, w) or the images at the image encoder's size
-        source = backbone_feats[-1] if model.shared_backbone else model.encoder_input(images)
-
-        def image_stage() -> tuple[Tensor, Tensor]:
-            t = enc.forward_features(source)  # (B, T, Ci)
-            return t, enc.forward_head(t)  # (B, Ci)
-
-        calls["image_encoder"] = image_stage
-        tokens, image_pooled = image_stage()
+        # the model's own image stream: from C5, or from the images resized to the image encoder's size
+        calls["image_encoder"] = lambda: model.encode_image(images, backbone_feats)  # (B, Ci), (B, T, Ci)
+        image_pooled, tokens = calls["image_encoder"]()
 
     node_batch = graphs.batch if graphs is not None else None
 
     def fusion_head_stage() -> Tensor:
-        if model.fusion is not None:
-            feats = model.fusion(image_pooled, tokens, graph_pooled, node_emb, node_batch)  # (B, dim)
-        else:
-            feats = image_pooled if image_pooled is not None else graph_pooled
-        return model.forward_head(feats)  # (B, num_scenes)
+        return model.forward_head(model.fuse(image_pooled, tokens, graph_pooled, node_emb, node_batch))  # (B, S)
 
     calls["fusion_head"] = fusion_head_stage
     outputs["logits"] = fusion_head_stage()

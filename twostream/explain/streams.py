@@ -3,9 +3,8 @@
 Explanations hold one stream fixed while they vary the other (graph attributions with the image embedding fixed,
 the image CAM with the graph embedding fixed, occlusion with the image embedding computed once and repeated), and
 replace a stream by its training-set mean to measure what it contributed. :func:`encode_streams` and
-:func:`classify` chain the model's public parts (``graph_encoder``, ``image_encoder``, ``fusion``, ``forward_head``)
-exactly as ``TwoStreamClassifier._forward_features`` does; a test checks that they give the model's own logits, so
-the two cannot drift apart (as ``twostream.benchmark.inference.stage_calls`` does for the benchmark).
+:func:`classify` call the model's own parts as its forward does (``graph_encoder``, ``encode_image``, ``fuse``,
+``forward_head``); a test checks that they give the model's own logits.
 
 Training-set means (:func:`compute_stream_means`) are stored in the classifier checkpoint under ``"stream_means"``
 at the end of training (:func:`record_stream_means`, called by the classifier task)::
@@ -81,15 +80,10 @@ def as_batch(graphs, device: torch.device | str):
 
 def encode_image(model: nn.Module, images: Tensor, backbone_feats: list[Tensor] | None = None
                  ) -> tuple[Tensor, Tensor]:
-    """``(B, 3, H, W)`` -> the image stream's ``(pooled (B, Ci), tokens (B, T, Ci))``; the shared backbone's C5
-    when the model has one (``model.shared_backbone``): from ``backbone_feats`` (``model.backbone_features(images)``)
-    when the caller has them, so that the backbone runs once, as in the model's own forward."""
-    if model.shared_backbone:  # its C5 (B, C, h, w) of the segmenter's input
-        source = (backbone_feats if backbone_feats is not None else model.backbone_features(images))[-1]
-    else:  # the images at the image encoder's size
-        source = model.encoder_input(images)
-    tokens = model.image_encoder.forward_features(source)  # (B, T, Ci)
-    return model.image_encoder.forward_head(tokens), tokens
+    """``(B, 3, H, W)`` -> the image stream's ``(pooled (B, Ci), tokens (B, T, Ci))``: the model's own
+    :meth:`~twostream.models.two_stream.TwoStreamClassifier.encode_image` (a shared backbone's C5 from
+    ``backbone_feats`` when the caller has them, so that the backbone runs once)."""
+    return model.encode_image(images, backbone_feats)
 
 
 def encode_graphs(model: nn.Module, batch) -> tuple[Tensor, Tensor]:
@@ -118,12 +112,10 @@ def encode_streams(model: nn.Module, images: Tensor, batch=None,
 
 
 def classify(model: nn.Module, emb: StreamEmbeddings) -> Tensor:
-    """The fusion and head of ``model`` on stream embeddings -> logits ``(B, num_scenes)``."""
-    if model.fusion is not None:
-        feats = model.fusion(emb.image_pooled, emb.image_tokens, emb.graph_pooled, emb.node_emb, emb.node_batch)
-    else:
-        feats = emb.image_pooled if emb.image_pooled is not None else emb.graph_pooled
-    return model.forward_head(feats)
+    """The fusion and head of ``model`` on stream embeddings -> logits ``(B, num_scenes)`` (the model's own
+    :meth:`~twostream.models.two_stream.TwoStreamClassifier.fuse` and head)."""
+    return model.forward_head(model.fuse(emb.image_pooled, emb.image_tokens, emb.graph_pooled, emb.node_emb,
+                                         emb.node_batch))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -270,15 +270,27 @@ class TwoStreamClassifier(nn.Module):
 
         image_pooled = tokens = None
         if self.image_encoder is not None:
-            source = backbone_feats[-1] if self.shared_backbone else self.encoder_input(images)  # C5 or images
-            tokens = self.image_encoder.forward_features(source)  # (B, T, Ci)
-            image_pooled = self.image_encoder.forward_head(tokens)  # (B, Ci)
+            image_pooled, tokens = self.encode_image(images, backbone_feats)
+        return self.fuse(image_pooled, tokens, graph_pooled, node_emb, node_batch), extras
 
-        if self.fusion is not None:
-            feats = self.fusion(image_pooled, tokens, graph_pooled, node_emb, node_batch)  # (B, dim)
+    def encode_image(self, images: Tensor, backbone_feats: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """The image stream: ``(B, 3, H, W)`` -> ``(pooled (B, Ci), tokens (B, T, Ci))``, from the shared backbone's
+        C5 (``backbone_feats``, :meth:`backbone_features` of ``images``; computed when not given) or from the images
+        at the image encoder's size."""
+        if self.shared_backbone:
+            source = (backbone_feats if backbone_feats is not None else self.backbone_features(images))[-1]
         else:
-            feats = image_pooled if image_pooled is not None else graph_pooled
-        return feats, extras
+            source = self.encoder_input(images)
+        tokens = self.image_encoder.forward_features(source)  # (B, T, Ci)
+        return self.image_encoder.forward_head(tokens), tokens  # (B, Ci), (B, T, Ci)
+
+    def fuse(self, image_pooled: Tensor | None, tokens: Tensor | None, graph_pooled: Tensor | None,
+             node_emb: Tensor | None, node_batch: Tensor | None) -> Tensor:
+        """The streams' embeddings (``None`` for a stream the model lacks) -> the head's input ``(B, dim)``: the
+        fusion's output, or the one stream's pooled embedding."""
+        if self.fusion is not None:
+            return self.fusion(image_pooled, tokens, graph_pooled, node_emb, node_batch)  # (B, dim)
+        return image_pooled if image_pooled is not None else graph_pooled
 
     def parameter_counts(self) -> dict[str, tuple[int, int]]:
         """``{part: (total, trainable)}`` for segmenter, image encoder, graph encoder, fusion and head."""
