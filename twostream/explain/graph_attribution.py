@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.explain.algorithm import ExplainerAlgorithm
 
+from twostream.explain.occlusion import EDGE_KEYS, NODE_KEYS
 from twostream.explain.streams import StreamEmbeddings, classify
 
 __all__ = ["METHODS", "BatchedCaptumExplainer", "GraphAttribution", "GraphStreamModule", "attribute_graphs",
@@ -122,8 +123,8 @@ def repeat_batch(graphs, copies: int):
     for key, value in graphs.items():
         if not isinstance(value, Tensor) or key in ("edge_index", "batch", "ptr"):
             continue
-        node_level = value.shape[:1] == (n,) and key in ("labels", "x", "pos", "features", "confidence")
-        edge_level = value.shape[:1] == (e,) and key in ("edge_attr", "boundary")
+        node_level = value.shape[:1] == (n,) and key in NODE_KEYS
+        edge_level = value.shape[:1] == (e,) and key in EDGE_KEYS
         if node_level or edge_level:
             out[key] = value.repeat(copies, *([1] * (value.dim() - 1)))
     step = torch.arange(copies, device=device)

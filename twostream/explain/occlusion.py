@@ -18,11 +18,12 @@ from torch import Tensor, nn
 
 from twostream.explain.streams import StreamEmbeddings, classify, encode_graphs
 
-__all__ = ["deletion_curve", "deletion_probs", "insertion_probs", "occlusion_scores", "subgraph_batch"]
+__all__ = ["EDGE_KEYS", "NODE_KEYS", "deletion_curve", "deletion_probs", "insertion_probs", "occlusion_scores",
+           "subgraph_batch"]
 
-# Node features copied per variant: node-level tensors of SceneGraph.to_pyg() (others are carried if present).
-_NODE_KEYS = ("labels", "x", "pos", "features", "confidence")
-_EDGE_KEYS = ("edge_attr", "boundary")
+# The node- and edge-level tensors of SceneGraph.to_pyg(): what a graph variant or a repeated batch copies per graph.
+NODE_KEYS = ("labels", "x", "pos", "features", "confidence")
+EDGE_KEYS = ("edge_attr", "boundary")
 
 
 def subgraph_batch(data, node_keep: Tensor, edge_keep: Tensor | None = None):
@@ -51,11 +52,11 @@ def subgraph_batch(data, node_keep: Tensor, edge_keep: Tensor | None = None):
     if edge_keep is not None:
         keep_e &= edge_keep
     out = Batch()
-    for key in _NODE_KEYS:
+    for key in NODE_KEYS:
         value = getattr(data, key, None)
         if value is not None:
             out[key] = value[None].expand(g, *value.shape)[node_keep]  # (sum n_g, ...)
-    for key in _EDGE_KEYS:
+    for key in EDGE_KEYS:
         value = getattr(data, key, None)
         if value is not None:
             out[key] = value[None].expand(g, *value.shape)[keep_e]
@@ -110,7 +111,7 @@ def insertion_probs(model: nn.Module, data, image: StreamEmbeddings, scene: int,
                                torch.arange(k, device=device).repeat(2)])  # (K E + 2K,)
     order = torch.argsort(graph_of_edge, stable=True)  # each variant's edges together, the new ones last
     out = Batch()
-    for key in _NODE_KEYS:
+    for key in NODE_KEYS:
         value = getattr(base, key, None)
         if value is not None:
             out[key] = value
