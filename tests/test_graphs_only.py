@@ -65,6 +65,10 @@ def test_gt_store_trains_and_evaluates_a_graph_only_model_without_images(synthet
     _tool("--config", str(tmp_path / "cfg.yaml"), "--source", "gt", "--no-progress")
     evaluated = _train_and_eval_without_pixels(cfg, root, tmp_path, monkeypatch)
     assert evaluated["top1"] > 0.5  # gt graphs of the synthetic scenes tell them apart
+    from twostream.engine.checkpoint import load_checkpoint
+
+    means = load_checkpoint(tmp_path / "run" / "last.pth")["stream_means"]  # the graph stream's, from stored graphs
+    assert means["num_images"] > 0 and set(means) == {"graph_pooled", "node_emb", "num_images"}
 
 
 def test_pred_store_of_a_published_segmenter_trains_without_images(synthetic_root, tiny_config, tmp_path,

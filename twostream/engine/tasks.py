@@ -68,7 +68,9 @@ class ClassificationTask(_Task):
         stored = graphs_only_datasets(cfg)  # a graph-only model of stored graphs reads no image
         if stored is not None:
             train_set, val_set, self.vocabulary, self.class_table = stored
-            return self._loaders(train_set, val_set)
+            loaders = self._loaders(train_set, val_set)
+            self.train_loader = loaders.train  # the graph stream's mean too (finish())
+            return loaders
         train_set, val_set, self.vocabulary = build_datasets(items_config(cfg, segmenter_runs=cfg.graph.source ==
                                                                           "online" or cfg.model.shared_backbone))
         if cfg.graph.source == "gt":  # graphs from the annotations: the dataset's label set (full ADE20K: 3,688)

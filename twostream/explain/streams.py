@@ -91,11 +91,19 @@ def encode_graphs(model: nn.Module, batch) -> tuple[Tensor, Tensor]:
     return model.graph_encoder(batch)
 
 
-def encode_streams(model: nn.Module, images: Tensor, batch=None,
+def encode_streams(model: nn.Module, images: Tensor | None, batch=None,
                    backbone_feats: list[Tensor] | None = None) -> StreamEmbeddings:
     """Both streams of ``model`` for ``images (B, 3, H, W)`` and their graph ``Batch`` (``None`` for an image-only
     model, or to let a model with a segmenter build the graphs itself). A shared backbone runs once
-    (``backbone_feats``: its features of ``images``, when the caller already has them)."""
+    (``backbone_feats``: its features of ``images``, when the caller already has them). ``images=None``: a
+    graph-only model given its graphs (stored graphs: no pixels are read)."""
+    if images is None:
+        if model.image_encoder is not None or model.shared_backbone or batch is None or model.online_graphs:
+            raise ValueError("explain: images=None works only for a graph-only model given graphs")
+        emb = StreamEmbeddings()
+        emb.graph_pooled, emb.node_emb = encode_graphs(model, batch)
+        emb.node_batch = batch.batch
+        return emb
     emb = StreamEmbeddings()
     if model.shared_backbone and backbone_feats is None:
         backbone_feats = model.backbone_features(images)
@@ -184,7 +192,8 @@ def _mean_like(mean: Tensor | None, like: Tensor) -> Tensor:
 def compute_stream_means(model: nn.Module, batches: Iterable[dict], *, max_images: int = 2048,
                          device: torch.device | str | None = None) -> dict:
     """Mean stream embeddings of ``model`` over ``batches`` (dicts with ``"image"`` and, unless the model builds
-    its own, ``"graph"``: what the engine's loaders yield), in eval mode, over at most ``max_images`` images.
+    its own, ``"graph"``: what the engine's loaders yield; a graph-only model on stored graphs needs no image), in
+    eval mode, over at most ``max_images`` images.
 
     Returns the ``"stream_means"`` dict of the module docstring (float32 CPU tensors).
     """
@@ -197,9 +206,10 @@ def compute_stream_means(model: nn.Module, batches: Iterable[dict], *, max_image
         for batch in batches:
             if batch is None:
                 continue
-            images = batch["image"].to(device)
+            images = batch["image"].to(device) if batch.get("image") is not None else None
             graphs = batch.get("graph") if model.graph_encoder is not None and not model.online_graphs else None
-            emb = encode_streams(model, images, graphs.to(device) if graphs is not None else None)
+            graphs = graphs.to(device) if graphs is not None else None
+            emb = encode_streams(model, images, graphs)
             parts = {"image_pooled": emb.image_pooled, "image_tokens": emb.image_tokens,
                      "graph_pooled": emb.graph_pooled}
             for key, value in parts.items():
@@ -208,7 +218,7 @@ def compute_stream_means(model: nn.Module, batches: Iterable[dict], *, max_image
             if emb.node_emb is not None:
                 sums["node_emb"] = sums.get("node_emb", 0) + emb.node_emb.float().sum(dim=0)
                 nodes_seen += int(emb.node_emb.shape[0])
-            images_seen += int(images.shape[0])
+            images_seen += int(images.shape[0]) if images is not None else int(graphs.num_graphs)
             if images_seen >= max_images:
                 break
     finally:
