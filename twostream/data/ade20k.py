@@ -40,7 +40,7 @@ from twostream.data.classes import IGNORE_INDEX, ClassTable, ade20k150, dataset_
 from twostream.data.image_list import MAX_NAMED, warn_list
 from twostream.data.io import IMAGE_EXTENSIONS, DataError, load_image, load_label, read_instances, read_scene_categories
 from twostream.data.transforms import InstanceMasks, build_transforms, instance_targets
-from twostream.data.vocabulary import SceneVocabulary, build_vocabulary
+from twostream.data.vocabulary import SceneVocabulary, build_vocabulary, vocabulary_for_splits
 
 __all__ = ["IMAGE_EXTENSIONS", "INSTANCE_DIR", "ADE20KDataset", "build_datasets", "list_split", "open_dataset",
            "read_checked_instances", "scene_file"]
@@ -356,12 +356,10 @@ def _build_list_datasets(cfg: Config) -> tuple[Any, Any, SceneVocabulary]:
     every = dataclasses.replace(cfg, data=dataclasses.replace(d, max_items=0))
     train_all = open_dataset(every, d.train_split, None, build_transforms(d, train=True))
     val_all = open_dataset(every, d.val_split, None, build_transforms(d, train=False))
-    train_scenes = train_all.raw_scenes()
-    vocabulary = build_vocabulary(d.scenes, train_scenes)
+    train, val, vocabulary, table = vocabulary_for_splits(train_all, val_all, d.scenes, d.max_items,
+                                                          (d.train_split, d.val_split))
     log.info("scene vocabulary (%s, unlisted: %s): %d classes\n%s", d.scenes.mode, d.scenes.unlisted, len(vocabulary),
-             vocabulary.table({d.train_split: train_scenes, d.val_split: val_all.raw_scenes()}))
-    train = train_all.with_vocabulary(vocabulary, max_items=d.max_items)
-    val = val_all.with_vocabulary(vocabulary, max_items=d.max_items)
+             table)
     log.info("opened %s (%s): %d training and %d validation items", d.root, d.format, len(train), len(val))
     return train, val, vocabulary
 

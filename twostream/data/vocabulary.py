@@ -22,13 +22,14 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from twostream.atomic import atomic_write_text
 from twostream.config import SceneVocabConfig
 
-__all__ = ["OTHER", "SceneSelection", "SceneVocabulary", "build_vocabulary", "select_scenes"]
+__all__ = ["OTHER", "SceneSelection", "SceneVocabulary", "build_vocabulary", "select_scenes", "vocabulary_for_splits"]
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,22 @@ class SceneVocabulary:
 def build_vocabulary(cfg: SceneVocabConfig, train_scenes: Iterable[str]) -> SceneVocabulary:
     """The vocabulary ``cfg`` (``cfg.data.scenes``) selects from the training scene labels."""
     return SceneVocabulary.from_config(cfg, train_scenes)
+
+
+def vocabulary_for_splits(train_all: Any, val_all: Any, cfg: SceneVocabConfig, max_items: int,
+                          splits: tuple[str, str]) -> tuple[Any, Any, SceneVocabulary, str]:
+    """The vocabulary ``cfg`` picks from the training split's scenes, and both splits seen through it.
+
+    ``train_all`` / ``val_all``: the splits opened without a vocabulary, with ``raw_scenes()`` and
+    ``with_vocabulary(vocabulary, max_items)`` (the list readers, :class:`~twostream.data.graph_items.StoreGraphs`).
+    Returns ``(train, val, vocabulary, table)``: ``table`` is the images-per-class-and-split table to log, the
+    splits named by ``splits``.
+    """
+    train_scenes = train_all.raw_scenes()
+    vocabulary = build_vocabulary(cfg, train_scenes)
+    table = vocabulary.table({splits[0]: train_scenes, splits[1]: val_all.raw_scenes()})
+    return (train_all.with_vocabulary(vocabulary, max_items), val_all.with_vocabulary(vocabulary, max_items),
+            vocabulary, table)
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,7 @@ def graphs_only_datasets(cfg: Config):
         StoreError: a store that is needed is missing (one line naming the folder and the build command), stale or
             unfinished.
     """
-    from twostream.data.vocabulary import build_vocabulary
+    from twostream.data.vocabulary import vocabulary_for_splits
     from twostream.graph.store import is_store
 
     if not graphs_only(cfg):
@@ -225,15 +225,11 @@ def graphs_only_datasets(cfg: Config):
         log.info("no gt graph store at %s: graphs are built from each item's annotation (%s builds the store, and "
                  "then training reads no image)", store_dir(cfg, d.train_split), build_command(cfg, d.train_split))
         return None
-    items = [store_items(cfg, s, None) for s in splits]
-    stores = [split_items.store for split_items in items]
-    train_scenes = items[0].raw_scenes()
-    vocabulary = build_vocabulary(d.scenes, train_scenes)
-    train, val = (split_items.with_vocabulary(vocabulary, d.max_items) for split_items in items)
+    train_all, val_all = (store_items(cfg, s, None) for s in splits)
+    train, val, vocabulary, table = vocabulary_for_splits(train_all, val_all, d.scenes, d.max_items, splits)
     log.info("graphs only, from the stores %s and %s (no image is read); scene vocabulary (%s): %d classes\n%s",
-             stores[0].store_dir, stores[1].store_dir, d.scenes.mode, len(vocabulary),
-             vocabulary.table({d.train_split: train_scenes, d.val_split: items[1].raw_scenes()}))
-    return train, val, vocabulary, stores[0].class_table
+             train_all.store.store_dir, val_all.store.store_dir, d.scenes.mode, len(vocabulary), table)
+    return train, val, vocabulary, train_all.store.class_table
 
 
 # --------------------------------------------------------------------------------------------------------------------
