@@ -227,7 +227,10 @@ def plan_build(store_dir: str | Path, *, source: str, settings: dict | None, cla
         log.warning("graph store %s: the unfinished build there is of other settings, items or chunk size; "
                     "starting over", store_dir)
         shutil.rmtree(parts)
-    for tmp in [*store_dir.glob("*.tmp"), *parts.glob("*.tmp")]:  # leftovers of an interrupted write: never whole
+    # Leftovers of an interrupted write are never whole. Those in parts/ stay until finish_build removes the folder:
+    # on a resumed torchrun build another rank may already be writing its chunks there (through temporary files of
+    # their own names, never mistaken for a chunk), and deleting them here made its rename fail.
+    for tmp in store_dir.glob("*.tmp"):  # (only rank 0 writes here)
         tmp.unlink()
     parts.mkdir(exist_ok=True)
     atomic_write(store_dir / BUILD_MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
